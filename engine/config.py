@@ -1,0 +1,246 @@
+"""The run configuration: one dataclass per component, filled from YAML and overrides.
+
+Each component owns its config dataclass next to its code
+(``engine/data/config.py``, ``engine/models/config.py``,
+``engine/training/config.py``, ``kernels/config.py``); this module only
+assembles them and implements the strict filling rules:
+
+* YAML fills the sections, ``--section.key=value`` overrides them (the value is
+  read as YAML, so ``--train.epochs=3`` is an int and ``--data.numeric_columns=[a,b]`` a list);
+* unknown keys and wrong types fail naming the key and the file;
+* ``Literal[...]`` fields only take the listed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from engine.data.config import CacheConfig, DataConfig, LoaderConfig
+from engine.models.config import ModelConfig
+from engine.training.config import DeepSpeedConfig, EvalConfig, OptimConfig, TrainConfig
+from kernels.config import AugmentConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, always naming the key (and the file when there is one)."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs"  # parent folder of every run folder
+    name: str = "run"  # run folder name under output_dir
+    seed: int = 0  # seeds Python, numpy, torch, the data order and augmentation
+    deterministic: bool = False  # torch deterministic algorithms (bitwise resume on CPU)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --- type checking and coercion ---------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _fill(cls: type, values: dict, prefix: str) -> Any:
+    """Build dataclass ``cls`` from ``values``; reject unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown key '{full}' (known keys{' in ' + prefix if prefix else ''}: {known})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _fill(tp, value, full)
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # __post_init__ validation
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(prefix) or not prefix else f"{prefix}: {msg}") from None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override --{dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """Turn ``["--train.epochs=3", "--data.root", "x"]`` into a nested dict."""
+    tree: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, raw = body.split("=", 1)
+        elif i + 1 < len(args):
+            key, raw = body, args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override --{body} has no value")
+        if "." not in key:
+            raise ConfigError(f"override --{key}: expected --section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key, value)
+        i += 1
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "extra":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str] | dict] = None) -> Config:
+    """Read ``path`` (YAML), apply ``overrides``, validate; errors name the key and the file."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    if overrides:
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        tree = _merge(tree, over)
+        source += " + command-line overrides"
+    try:
+        return _fill(Config, tree, "")
+    except ConfigError as e:
+        raise ConfigError(f"{e} [in {source}]") from None
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (run folders, checkpoints)."""
+    tree = {k: v for k, v in tree.items() if k != "provenance"}
+    return _fill(Config, tree, "")
+
+
+def save_config(cfg: Config, path: Path, provenance: Optional[dict] = None) -> None:
+    """Write the resolved config (plus how it came to be) as YAML."""
+    tree = cfg.to_dict()
+    if provenance:
+        tree["provenance"] = provenance
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(_plain(tree), sort_keys=False))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

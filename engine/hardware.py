@@ -1,0 +1,146 @@
+"""Every hardware-dependent choice of the engine, made in one place.
+
+The engine runs on CPUs (CI, laptops), Pascal (sm_60/61), Volta/Turing
+(sm_70/75) and Ampere/Hopper (sm_80/90).  Code elsewhere never reads
+``torch.cuda.get_device_capability`` itself: it asks this module, so a test can
+force any card with ``ENGINE_FORCE_CAPABILITY`` ("6.1", "7.0", "8.0", "9.0" or
+"cpu") and check what the engine would do there.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+FORCE_ENV = "ENGINE_FORCE_CAPABILITY"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the engine needs to know about the device it trains on."""
+
+    kind: str  # "cpu" or "cuda"
+    capability: Optional[tuple[int, int]]  # CUDA compute capability, None on CPU
+    name: str  # human-readable, for logs and benchmark tables
+
+    @property
+    def family(self) -> str:
+        """Pascal / Volta-Turing / Ampere-Hopper / cpu: the unit every policy below keys on."""
+        if self.capability is None:
+            return "cpu"
+        major = self.capability[0]
+        if major < 7:
+            return "pascal"
+        if major < 8:
+            return "volta_turing"
+        return "ampere_hopper"
+
+
+def _parse_forced(value: str) -> DeviceInfo:
+    if value.strip().lower() == "cpu":
+        return DeviceInfo("cpu", None, "cpu (forced)")
+    try:
+        major, minor = (int(p) for p in value.split("."))
+    except ValueError:
+        raise ValueError(f"{FORCE_ENV}={value!r}: expected 'MAJOR.MINOR' (e.g. 6.1, 8.0) or 'cpu'") from None
+    return DeviceInfo("cuda", (major, minor), f"sm_{major}{minor} (forced)")
+
+
+def device_info(device: Optional[torch.device | str] = None) -> DeviceInfo:
+    """Describe ``device`` (default: the current CUDA device if any, else the CPU)."""
+    forced = os.environ.get(FORCE_ENV)
+    if forced:
+        return _parse_forced(forced)
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DeviceInfo("cpu", None, "cpu")
+    cap = torch.cuda.get_device_capability(device)
+    return DeviceInfo("cuda", (cap[0], cap[1]), torch.cuda.get_device_name(device))
+
+
+# --- precision -----------------------------------------------------------------
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def choose_precision(info: DeviceInfo, requested: str = "auto") -> str:
+    """Pick the training precision for ``info``; refuse a request the card cannot honour.
+
+    bf16 on sm_80+ (native bf16 tensor cores), fp16 with dynamic loss scaling on
+    sm_7x (tensor cores, no bf16), fp32 on Pascal (bf16 is emulated and fp16
+    has no tensor cores, so both are slower or refused) and on CPU.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"train.precision={requested!r}: choose one of {PRECISIONS}")
+    auto = {"cpu": "fp32", "pascal": "fp32", "volta_turing": "fp16", "ampere_hopper": "bf16"}[info.family]
+    if requested == "auto":
+        return auto
+    if requested == "bf16" and info.family in ("pascal", "volta_turing"):
+        raise ValueError(
+            f"train.precision=bf16 refused on {info.name}: bf16 needs compute capability >= 8.0 "
+            f"(it is only emulated before); use 'auto' ({auto}) or 'fp16'/'fp32'"
+        )
+    if requested == "fp16" and info.family == "cpu":
+        raise ValueError("train.precision=fp16 refused on CPU: half-precision matmuls are unsupported or very slow there; use 'fp32' or 'bf16'")
+    return requested
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+# --- kernels, optimizers, compilation -------------------------------------------------
+
+AUGMENT_IMPLS = ("auto", "reference", "triton")
+
+
+def triton_supported(info: DeviceInfo) -> bool:
+    """Our fused Triton kernels target sm_80+ (Triton's own floor for bf16 and the tensor-core path)."""
+    return info.family == "ampere_hopper"
+
+
+def choose_augment_impl(info: DeviceInfo, requested: str = "auto") -> str:
+    """Fused Triton kernels where Triton supports the card, the PyTorch reference elsewhere.
+
+    ``TRITON_INTERPRET=1`` lets the Triton path run on CPU (tests); forcing
+    "triton" on an unsupported CUDA card is refused rather than crashing late.
+    """
+    if requested not in AUGMENT_IMPLS:
+        raise ValueError(f"augment.impl={requested!r}: choose one of {AUGMENT_IMPLS}")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if requested == "reference":
+        return "reference"
+    if requested == "triton":
+        if info.kind == "cuda" and not triton_supported(info):
+            raise ValueError(f"augment.impl=triton refused on {info.name}: our kernels need sm_80+; use 'reference' or 'auto'")
+        if info.kind == "cpu" and not interpret:
+            raise ValueError("augment.impl=triton on CPU needs TRITON_INTERPRET=1 (Triton's interpreter); use 'reference' or 'auto'")
+        return "triton"
+    return "triton" if triton_supported(info) else "reference"
+
+
+def fused_adam_available(info: DeviceInfo) -> bool:
+    """torch's fused AdamW runs on any CUDA card; on CPU we use the plain loop."""
+    return info.kind == "cuda"
+
+
+def compile_supported(info: DeviceInfo) -> bool:
+    """torch.compile's Inductor backend emits Triton, which needs sm_70+; CPU works with a C++ compiler."""
+    return info.kind == "cpu" or info.capability >= (7, 0)
+
+
+def channels_last_preferred(info: DeviceInfo) -> bool:
+    """NHWC convolutions pay off with tensor cores (sm_70+); on Pascal and CPU NCHW is as fast or faster."""
+    return info.family in ("volta_turing", "ampere_hopper")
+
+
+def dali_decoder_defaults(info: DeviceInfo) -> dict:
+    """DALI decode settings per card: A100/H100 (sm_80/90) have a hardware JPEG decoder."""
+    if info.kind == "cpu":
+        return {"device": "cpu", "hw_decoder_load": 0.0}
+    has_hw = info.capability in ((8, 0), (9, 0))
+    return {"device": "mixed", "hw_decoder_load": 0.75 if has_hw else 0.0}

@@ -1,0 +1,80 @@
+"""Config sections of the training engine: optimizer, schedule, stages, evaluation, DeepSpeed."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    lr: float = 1e-3  # peak learning rate of the finetune stage
+    weight_decay: float = 0.05  # not applied to norms and biases
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9  # sgd / rmsprop
+    backbone_lr_scale: float = 1.0  # backbone lr = lr * scale
+    text_lr_scale: float = 1.0  # text encoder lr = lr * scale
+    layer_decay: Optional[float] = None  # layer-wise LR decay factor (e.g. 0.75); null = off
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_steps: int = 0  # optimizer updates of linear warmup
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1  # total epochs (frozen + finetune)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 sm_80+, fp16 sm_7x, fp32 Pascal/CPU
+    grad_accum: int = 1  # micro batches per optimizer update
+    grad_clip: float = 1.0  # global norm; 0 = off
+    frozen_epochs: int = 0  # first epochs with backbone and text encoder frozen
+    head_lr: Optional[float] = None  # lr during frozen epochs (default optim.lr)
+    finetune_lr: Optional[float] = None  # lr after the frozen epochs (default optim.lr)
+    loss: Literal["ce", "focal"] = "ce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    class_weights: Literal["none", "inverse", "sqrt"] = "none"
+    channels_last: Optional[bool] = None  # null = per card (engine.hardware)
+    compile: bool = False  # torch.compile the model where the card supports it
+    early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 = off
+    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and profiling
+    log_every: int = 10  # steps between tqdm postfix / tensorboard points
+    tensorboard: bool = True
+    wandb: bool = False  # only if wandb is installed
+
+    def __post_init__(self):
+        if self.epochs <= 0:
+            raise ValueError(f"train.epochs must be positive, got {self.epochs}")
+        if self.grad_accum <= 0:
+            raise ValueError(f"train.grad_accum must be positive, got {self.grad_accum}")
+        if not 0 <= self.frozen_epochs <= self.epochs:
+            raise ValueError(f"train.frozen_epochs must be within [0, train.epochs], got {self.frozen_epochs}")
+
+
+@dataclass
+class EvalConfig:
+    metric: str = "val_loss"  # checkpoint 'best' by this key of the epoch metrics
+    mode: Literal["min", "max", "auto"] = "auto"  # auto: min for *loss, max otherwise
+    test: bool = False  # also evaluate the test split at the end
+    topk: int = 3
+
+    def better(self, new: float, old: Optional[float]) -> bool:
+        if old is None:
+            return True
+        mode = self.mode if self.mode != "auto" else ("min" if self.metric.endswith("loss") else "max")
+        return new < old if mode == "min" else new > old
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0  # ZeRO stage 0, 1 or 2
+    extra: dict[str, Any] = field(default_factory=dict)  # passed through into the DeepSpeed JSON config
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"deepspeed.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
