@@ -1,0 +1,45 @@
+"""The one batch contract every loader emits and the training step consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class Batch:
+    """A batch of samples, all tensors with the same leading dimension B.
+
+    ``images`` is either
+      * uint8, NHWC, at the cache's stored size: raw pixels that the training
+        step augments on the device (``kernels``), or
+      * floating point, NCHW, normalised: already augmented (PIL, DALI backends).
+    """
+
+    images: torch.Tensor  # see above
+    input_ids: torch.Tensor  # int64 [B, L] token ids (L = model.text_max_length; L = 0 without text)
+    attention_mask: torch.Tensor  # int64 [B, L]
+    numeric: torch.Tensor  # float32 [B, n_numeric], normalised with train statistics
+    categorical: torch.Tensor  # int64 [B, n_categorical], 0 = unknown value
+    labels: torch.Tensor  # int64 [B] class indices
+    index: torch.Tensor  # int64 [B] manifest row of each sample (global sample id)
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def needs_augment(self) -> bool:
+        return self.images.dtype == torch.uint8
+
+    def to(self, device: torch.device, non_blocking: bool = True) -> "Batch":
+        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def narrow(self, n: int) -> "Batch":
+        """The first ``n`` samples (drop the padding of a last evaluation batch)."""
+        return replace(self, **{f.name: getattr(self, f.name)[:n] for f in fields(self)})
+
+    @staticmethod
+    def collate(samples: list[dict]) -> "Batch":
+        """Stack per-sample dicts (keys = field names) into a Batch."""
+        return Batch(**{f.name: torch.stack([torch.as_tensor(s[f.name]) for s in samples]) for f in fields(Batch)})

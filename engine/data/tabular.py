@@ -1,0 +1,70 @@
+"""Tabular fields: numeric columns normalised with train statistics, categoricals as indices."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TabularEncoder:
+    """Fitted on the train split only; stored in the cache metadata and in checkpoints.
+
+    Missing or unparsable numeric values become the train mean (0 after
+    normalisation). Categorical values map to 1..K by first appearance in
+    sorted order; 0 is the unknown-value slot (unseen at train time or empty).
+    """
+
+    numeric_columns: list[str] = field(default_factory=list)
+    categorical_columns: list[str] = field(default_factory=list)
+    means: list[float] = field(default_factory=list)
+    stds: list[float] = field(default_factory=list)
+    vocabs: list[list[str]] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, rows: list[dict], numeric_columns: list[str], categorical_columns: list[str]) -> "TabularEncoder":
+        means, stds = [], []
+        for col in numeric_columns:
+            vals = np.array([v for v in (_to_float(r.get(col)) for r in rows) if not math.isnan(v)], dtype=np.float64)
+            mean = float(vals.mean()) if vals.size else 0.0
+            std = float(vals.std()) if vals.size > 1 else 1.0
+            means.append(mean)
+            stds.append(std if std > 1e-12 else 1.0)
+        vocabs = [sorted({str(r[c]) for r in rows if r.get(c) not in (None, "")}) for c in categorical_columns]
+        return cls(list(numeric_columns), list(categorical_columns), means, stds, vocabs)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding table sizes (vocabulary + the unknown slot)."""
+        return [len(v) + 1 for v in self.vocabs]
+
+    def encode(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (numeric float32 [N, n_num], categorical int64 [N, n_cat])."""
+        num = np.zeros((len(rows), len(self.numeric_columns)), dtype=np.float32)
+        for j, col in enumerate(self.numeric_columns):
+            for i, r in enumerate(rows):
+                v = _to_float(r.get(col))
+                num[i, j] = 0.0 if math.isnan(v) else (v - self.means[j]) / self.stds[j]
+        cat = np.zeros((len(rows), len(self.categorical_columns)), dtype=np.int64)
+        for j, col in enumerate(self.categorical_columns):
+            lookup = {v: k + 1 for k, v in enumerate(self.vocabs[j])}
+            for i, r in enumerate(rows):
+                cat[i, j] = lookup.get(str(r.get(col)), 0)
+        return num, cat
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TabularEncoder":
+        return cls(**d)
+
+
+def _to_float(v) -> float:
+    if v is None or v == "":
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
