@@ -1,0 +1,64 @@
+"""What every loader backend shares: sharded, seeded order and a resumable position."""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+
+from engine.data.batch import Batch
+from engine.data.sampling import epoch_order, shard_eval, shard_train
+
+
+class ShardedLoader:
+    """Iterates this rank's batches of one epoch; subclasses turn positions into Batches.
+
+    Contract: ``len(loader)`` batches per epoch, equal on every rank; train order
+    from one global permutation per (seed, epoch); evaluation covers every sample
+    exactly once overall (padding duplicates carry a repeated ``index``, removed
+    after gathering). ``state_dict()`` records the position so a resumed run sees
+    exactly the batches an uninterrupted run would have.
+    """
+
+    def __init__(self, n: int, batch_size: int, train: bool, rank: int, world: int, seed: int,
+                 sample_weights: Optional[np.ndarray] = None):
+        if train and n < batch_size * world:
+            raise ValueError(f"{n} training samples cannot fill one batch of {batch_size} on each of {world} ranks")
+        self.n, self.batch_size, self.train = n, batch_size, train
+        self.rank, self.world, self.seed = rank, world, seed
+        self.sample_weights = sample_weights
+        self.epoch = 0
+        self.batches_done = 0  # within the current epoch
+
+    def positions(self) -> np.ndarray:
+        """This rank's sample positions for the current epoch, in order."""
+        if self.train:
+            order = epoch_order(self.n, self.seed, self.epoch, self.sample_weights)
+            return shard_train(order, self.rank, self.world, self.batch_size)
+        return shard_eval(self.n, self.rank, self.world)
+
+    def __len__(self) -> int:
+        return -(-len(self.positions()) // self.batch_size) if not self.train else len(self.positions()) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        start = self.batches_done
+        positions = self.positions()[start * self.batch_size :]
+        for batch in self._iter_positions(positions):
+            self.batches_done += 1
+            yield batch
+        if self.train:  # a finished epoch leaves the loader ready for the next one
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        else:
+            self.batches_done = 0
+
+    def _iter_positions(self, positions: np.ndarray) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])

@@ -1,0 +1,45 @@
+"""``create_loader``: the one entry point from a config to a batch iterator, by backend name."""
+from __future__ import annotations
+
+from typing import Callable
+
+from engine.data.dataset import DataContext
+from engine.data.loader_base import ShardedLoader
+from engine.data.sampling import class_weights
+
+_BACKENDS: dict[str, Callable[..., ShardedLoader]] = {}
+
+
+def register_backend(name: str):
+    def deco(fn):
+        _BACKENDS[name] = fn
+        return fn
+
+    return deco
+
+
+def create_loader(cfg, ctx: DataContext, split: str, train: bool, rank: int = 0, world: int = 1) -> ShardedLoader:
+    """A loader of ``split`` for this rank; ``cfg`` is the whole run Config."""
+    backend = cfg.loader.backend
+    if backend not in _BACKENDS:
+        raise ValueError(f"loader.backend={backend!r}: known backends are {sorted(_BACKENDS)}")
+    weights = None
+    data = ctx.split(split)
+    if train and cfg.loader.balanced_sampling != "none":
+        weights = class_weights(data.labels, cfg.loader.balanced_sampling)
+    return _BACKENDS[backend](cfg, ctx, split, train, rank, world, weights)
+
+
+@register_backend("pil")
+def _pil(cfg, ctx, split, train, rank, world, weights):
+    from engine.data.reference import PilLoader
+
+    return PilLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size if train else cfg.loader.eval_bs,
+                     train, rank, world, cfg.run.seed, cfg.loader.num_workers, cfg.loader.prefetch,
+                     cfg.loader.pin_memory and _cuda(), weights)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

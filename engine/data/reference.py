@@ -1,0 +1,93 @@
+"""The reference loader: PIL decode + torchvision transforms behind a PyTorch DataLoader.
+
+This is what users run today and what every faster path is measured against.
+It emits float NCHW normalised images (already augmented).
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from engine.data.batch import Batch
+from engine.data.dataset import SplitData
+from engine.data.loader_base import ShardedLoader
+from kernels.config import AugmentConfig
+
+
+def decode_rgb(path: str) -> Image.Image:
+    """Decode any Pillow-readable image to RGB with EXIF orientation applied."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+def pil_transforms(aug: AugmentConfig, size: int, train: bool):
+    from torchvision.transforms import v2 as T
+
+    tail = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(aug.mean, aug.std)]
+    if not train:
+        return T.Compose([T.Resize(int(round(size / aug.eval_crop_pct))), T.CenterCrop(size), *tail])
+    ops = [T.RandomResizedCrop(size, scale=aug.scale, ratio=aug.ratio, antialias=True), T.RandomHorizontalFlip(aug.hflip)]
+    if aug.brightness or aug.contrast or aug.saturation or aug.hue:
+        ops.append(T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue))
+    if aug.grayscale:
+        ops.append(T.RandomGrayscale(aug.grayscale))
+    ops += tail
+    if aug.erasing:
+        ops.append(T.RandomErasing(aug.erasing))
+    return T.Compose(ops)
+
+
+class PilDataset(Dataset):
+    """Sample ``position`` of a split: decoded, transformed, with its tokens, tabular fields and label."""
+
+    def __init__(self, data: SplitData, aug: AugmentConfig, size: int, train: bool, seed: int):
+        self.data, self.train, self.seed = data, train, seed
+        self.transform = pil_transforms(aug, size, train)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, position: int) -> dict:
+        img = decode_rgb(self.data.paths[position])
+        if self.train:  # seeded per (seed, epoch, row): same augmentation whatever the worker or world size
+            key = zlib.crc32(np.array([self.seed, self.epoch, self.data.rows[position]], dtype=np.int64).tobytes())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key)
+                x = self.transform(img)
+        else:
+            x = self.transform(img)
+        sample = {k: v for k, v in self.data.fields(np.array([position])).items()}
+        sample = {k: torch.as_tensor(v[0]) for k, v in sample.items()}
+        sample["images"] = x
+        return sample
+
+
+class PilLoader(ShardedLoader):
+    """Per-sample PIL decode in DataLoader worker processes."""
+
+    def __init__(self, data: SplitData, aug: AugmentConfig, size: int, batch_size: int, train: bool,
+                 rank: int, world: int, seed: int, num_workers: int = 2, prefetch: int = 2, pin_memory: bool = False,
+                 sample_weights=None):
+        super().__init__(len(data), batch_size, train, rank, world, seed, sample_weights)
+        self.dataset = PilDataset(data, aug, size, train, seed)
+        self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
+
+    def _iter_positions(self, positions: np.ndarray):
+        self.dataset.epoch = self.epoch
+        batches = [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch if self.num_workers else None,
+            collate_fn=Batch.collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+        yield from loader

@@ -1,0 +1,52 @@
+"""Sample order and sharding shared by every loader backend.
+
+Training: one global permutation per (seed, epoch); rank r takes every
+world-th sample of it, cut so every rank has the same number of full batches
+(drop_last). Evaluation: every sample exactly once overall; ranks are padded
+to the same length by repeating their own samples, and the padding is removed
+after gathering by de-duplicating on the sample id.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+
+
+def class_weights(labels: np.ndarray, mode: Literal["inverse", "sqrt"]) -> np.ndarray:
+    """Per-sample sampling weights from class frequencies."""
+    counts = np.bincount(labels)
+    per_class = 1.0 / counts.clip(min=1)
+    if mode == "sqrt":
+        per_class = np.sqrt(per_class)
+    w = per_class[labels]
+    return w / w.sum()
+
+
+def epoch_order(n: int, seed: int, epoch: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Positions 0..n-1 in this epoch's global order (weighted: n draws with replacement)."""
+    rng = np.random.default_rng([seed, epoch, 0xDA7A])
+    if weights is None:
+        return rng.permutation(n)
+    return rng.choice(n, size=n, replace=True, p=weights)
+
+
+def train_batches_per_rank(n: int, batch_size: int, world: int) -> int:
+    return n // (batch_size * world)
+
+
+def shard_train(order: np.ndarray, rank: int, world: int, batch_size: int) -> np.ndarray:
+    """This rank's positions for one epoch: disjoint across ranks, equal batch counts, drop_last."""
+    per_rank = train_batches_per_rank(len(order), batch_size, world) * batch_size
+    return order[rank::world][:per_rank]
+
+
+def shard_eval(n: int, rank: int, world: int) -> np.ndarray:
+    """Contiguous block of positions for this rank, padded (with its own last position) to ceil(n/world)."""
+    per_rank = -(-n // world)
+    start = min(rank * per_rank, n)
+    block = np.arange(start, min(start + per_rank, n))
+    if len(block) < per_rank:
+        fill = block[-1] if len(block) else n - 1
+        block = np.concatenate([block, np.full(per_rank - len(block), fill)])
+    return block
