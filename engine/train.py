@@ -1,0 +1,36 @@
+"""Train a fusion classifier.
+
+    deepspeed engine/train.py --config configs/demo.yaml [--section.key=value ...] [--resume]
+    python engine/train.py --config configs/demo.yaml      # single process, same code
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from engine.config import ConfigError, load_config
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="YAML recipe in configs/")
+    ap.add_argument("--resume", action="store_true", help="continue the run in run.output_dir/run.name from its 'last' checkpoint")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
+    args, overrides = ap.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        ap.exit(2, f"config error: {e}\n")
+    from engine.training.loop import train
+
+    return train(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Checkpoints through DeepSpeed (every rank calls save/load) plus what DeepSpeed doesn't keep:
+training state, loader positions and every rank's RNG state."""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer updates done
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    bad_epochs: int = 0  # epochs without improvement (early stopping)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_state: dict, config: dict, rank: int) -> None:
+    """Collective: every rank must call it."""
+    client = {"train_state": asdict(state), "loader": loader_state, "config": config}
+    engine.save_checkpoint(str(folder), tag=tag, client_state=client)
+    torch.save(rng_state(), Path(folder) / tag / f"rng_rank{rank}.pt")
+
+
+def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: bool = True) -> tuple[TrainState, dict]:
+    """Collective. Returns (training state, loader state); restores this rank's RNG streams."""
+    path, client = engine.load_checkpoint(str(folder), tag=tag, load_optimizer_states=load_optimizer, load_lr_scheduler_states=load_optimizer)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint '{tag}' under {folder}")
+    rng_file = Path(folder) / tag / f"rng_rank{rank}.pt"
+    if rng_file.exists():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return TrainState(**client["train_state"]), client["loader"]

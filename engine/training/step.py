@@ -1,0 +1,65 @@
+"""What happens to a batch on the device: augmentation, casting, forward, loss."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import Config
+from engine.data.batch import Batch
+
+
+class DevicePipe:
+    """Turns a host Batch into model inputs on the device, in one place.
+
+    uint8 NHWC batches (cache backend) are augmented here, right after the
+    host-to-device copy, by ``kernels`` (fused Triton on sm_80+, PyTorch
+    reference elsewhere). Images are cast to the training dtype and layout here
+    and nowhere else; labels stay integer (or fp32 soft labels under mixup).
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, dtype: torch.dtype, channels_last: bool):
+        self.cfg, self.device, self.dtype, self.channels_last = cfg, device, dtype, channels_last
+        self._augmenter = None
+
+    @property
+    def augmenter(self):
+        if self._augmenter is None:
+            from kernels import Augmenter
+
+            self._augmenter = Augmenter(self.cfg.augment, out_size=self.cfg.data.image_size, seed=self.cfg.run.seed,
+                                        dtype=self.dtype, channels_last=self.channels_last, device=self.device)
+        return self._augmenter
+
+    def __call__(self, batch: Batch, train: bool, epoch: int, num_classes: int, step_seed: int = 0):
+        batch = batch.to(self.device)
+        images, targets = batch.images, batch.labels
+        if batch.needs_augment:
+            images = self.augmenter.train(images, batch.index, epoch) if train else self.augmenter.eval(images)
+            if train and (self.cfg.augment.mixup_alpha or self.cfg.augment.cutmix_alpha):
+                images, targets = self.augmenter.mix(images, targets, num_classes, step_seed)
+        images = images.to(self.dtype)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        inputs = dict(images=images, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      numeric=batch.numeric.to(self.dtype), categorical=batch.categorical)
+        return inputs, targets, batch
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: Config,
+                        class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Loss in fp32 whatever the model's precision; targets are indices or soft labels [B, C]."""
+    logits = logits.float()
+    smoothing = cfg.train.label_smoothing
+    if cfg.train.loss == "focal":
+        logp = F.log_softmax(logits, dim=1)
+        soft = targets if targets.ndim == 2 else F.one_hot(targets, logits.shape[1]).float()
+        if smoothing:
+            soft = soft * (1 - smoothing) + smoothing / logits.shape[1]
+        focal = (1 - logp.exp()) ** cfg.train.focal_gamma
+        per_class = -(soft * focal * logp)
+        if class_weights is not None:
+            per_class = per_class * class_weights
+        return per_class.sum(1).mean()
+    return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=smoothing)
