@@ -121,11 +121,27 @@ def erase_mask(params: AugmentParams, out_size: int) -> torch.Tensor:
     return (params.erase[:, None, None] & rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
 
 
+CPU_CHUNK = 4  # samples per step on CPU: keeps the float intermediates in cache (4x faster than a whole 64-batch)
+
+
 def apply_reference(images: torch.Tensor, params: AugmentParams, out_size: int, mean, std,
                     dtype: torch.dtype = torch.float32, channels_last: bool = False,
                     jitter: tuple[bool, bool, bool, bool] = (True, True, True, True),
                     grayscale: bool = True, erasing: bool = True) -> torch.Tensor:
     """The whole pipeline with explicit params (see module docstring for the contract)."""
+    B = images.shape[0]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    params = params.to(images.device)
+    if images.device.type != "cpu" or B <= CPU_CHUNK:
+        return _apply(images, params, out_size, mean, std, jitter, grayscale, erasing).to(dtype=dtype, memory_format=fmt)
+    out = torch.empty((B, 3, out_size, out_size), dtype=dtype, memory_format=fmt)
+    for s in range(0, B, CPU_CHUNK):
+        e = min(B, s + CPU_CHUNK)
+        out[s:e] = _apply(images[s:e], params.select(slice(s, e)), out_size, mean, std, jitter, grayscale, erasing)
+    return out
+
+
+def _apply(images, params, out_size, mean, std, jitter, grayscale, erasing) -> torch.Tensor:
     x = _resize(images, params, out_size)
     x = colour(x, params, jitter, grayscale)
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
@@ -133,5 +149,4 @@ def apply_reference(images: torch.Tensor, params: AugmentParams, out_size: int, 
     x = x.sub_(m).div_(s)
     if erasing:
         x = x.masked_fill_(erase_mask(params, out_size), 0.0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.to(dtype=dtype, memory_format=fmt)
+    return x
