@@ -1,0 +1,89 @@
+"""Fused Triton kernel vs the PyTorch reference on identical params (interpreter on CPU).
+
+Tolerance: the two share sampling tables and do the same float32 operations
+in the same order, so fp32 outputs agree to ~1e-6; we allow 1e-5 abs + 1e-5
+rel.  For fp16/bf16 the float32 results may round to neighbouring values, so
+we allow one unit in the last place (rtol 2**-10 / 2**-7) plus 1e-4 abs.
+The output is pre-filled with NaN so an element the kernel never writes fails.
+"""
+import pytest
+import torch
+
+from kernels import AugmentConfig, apply_reference, apply_triton, eval_params, sample_params
+pytest.importorskip("triton")  # conftest has set TRITON_INTERPRET=1 on CPU-only machines
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2**-10, atol=1e-4),
+       torch.bfloat16: dict(rtol=2**-7, atol=1e-4)}
+FULL = AugmentConfig(hue=0.3, grayscale=0.5, erasing=0.5)
+
+
+def poisoned(B, S, dtype, channels_last, device="cpu"):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((B, 3, S, S), dtype=dtype, device=device, memory_format=fmt).fill_(float("nan"))
+
+
+def flags(cfg):
+    return dict(jitter=(cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0),
+                grayscale=cfg.grayscale > 0, erasing=cfg.erasing > 0)
+
+
+def check(images, params, S, cfg, dtype, channels_last, **kw):
+    kw = {**flags(cfg), **kw}
+    ref = apply_reference(images, params, S, cfg.mean, cfg.std, dtype=dtype, channels_last=channels_last, **kw)
+    out = apply_triton(images, params, S, cfg.mean, cfg.std, dtype=dtype, channels_last=channels_last,
+                       out=poisoned(len(params), S, dtype, channels_last, images.device), **kw)
+    assert out.dtype == dtype and out.shape == ref.shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
+    assert not out.isnan().any(), "kernel left elements unwritten"
+    torch.testing.assert_close(out.float(), ref.float().to(out.device), **TOL[dtype])
+
+
+@pytest.mark.parametrize("B,H,W,S", [(1, 16, 16, 8), (3, 37, 53, 17), (4, 24, 40, 32), (2, 20, 20, 20)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_train_matches_reference(B, H, W, S, dtype, channels_last):
+    g = torch.Generator().manual_seed(B * 1000 + H)
+    images = torch.randint(0, 256, (B, H, W, 3), dtype=torch.uint8, generator=g)
+    params = sample_params(FULL, seed=H, epoch=W, sample_ids=torch.arange(B) * 7, in_hw=(H, W), out_size=S)
+    check(images, params, S, FULL, dtype, channels_last)
+
+
+@pytest.mark.parametrize("cfg", [AugmentConfig(brightness=0, saturation=0), AugmentConfig(contrast=0, hue=0.5),
+                                 AugmentConfig(brightness=0, contrast=0, saturation=0, erasing=1.0)],
+                         ids=["contrast-only", "no-contrast", "erase-only"])
+def test_jitter_subsets_match(cfg):
+    images = torch.randint(0, 256, (3, 29, 31, 3), dtype=torch.uint8)
+    params = sample_params(cfg, seed=5, epoch=1, sample_ids=torch.arange(3), in_hw=(29, 31), out_size=19)
+    check(images, params, 19, cfg, torch.float32, False)
+
+
+def test_eval_matches_reference():
+    images = torch.randint(0, 256, (2, 30, 41, 3), dtype=torch.uint8)
+    params = eval_params(2, (30, 41), 16, crop_pct=0.875)
+    check(images, params, 16, FULL, torch.float32, True, jitter=(False,) * 4, grayscale=False, erasing=False)
+
+
+def test_float_and_strided_input():
+    """A float [0,1] NHWC view with non-contiguous strides reads the same as its copy."""
+    nchw = torch.rand(2, 3, 25, 27)
+    images = nchw.permute(0, 2, 3, 1)  # NHWC view of NCHW storage
+    params = sample_params(FULL, seed=0, epoch=0, sample_ids=torch.arange(2), in_hw=(25, 27), out_size=13)
+    check(images, params, 13, FULL, torch.float32, False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_full_size(dtype):
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("Triton kernels target sm_80+")
+    images = torch.randint(0, 256, (16, 256, 256, 3), dtype=torch.uint8, device="cuda")
+    params = sample_params(FULL, seed=0, epoch=0, sample_ids=torch.arange(16), in_hw=(256, 256), out_size=224)
+    # GPU division is not correctly rounded, hence a looser float32 tolerance than the interpreter's.
+    kw = {**flags(FULL)}
+    ref = apply_reference(images, params.to("cuda"), 224, FULL.mean, FULL.std, dtype=dtype, **kw)
+    out = apply_triton(images, params, 224, FULL.mean, FULL.std, dtype=dtype, out=poisoned(16, 224, dtype, False, "cuda"), **kw)
+    assert not out.isnan().any()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else TOL[dtype]
+    torch.testing.assert_close(out.float(), ref.float(), **tol)

@@ -1,0 +1,116 @@
+"""Benchmark the batched augmentation (not a test: prints a table, optionally writes JSON).
+
+CPU: the PyTorch reference on a uint8 NHWC batch vs the per-sample PIL +
+torchvision pipeline (RandomResizedCrop + flip + ColorJitter + ToTensor +
+Normalize) on PIL images of the same size; images/s with one thread (per
+core) and with all threads.
+CUDA (if present): the fused Triton kernel and the reference, against the
+bytes-moved floor (read the uint8 input once + write the output once, at the
+bandwidth of a measured device-to-device copy).
+
+    python tools/bench_augment.py [--batch 64] [--in-size 256] [--out-size 224] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kernels/, not an installed copy
+
+import torch  # noqa: E402
+
+from kernels import AugmentConfig, Augmenter  # noqa: E402
+
+
+def _median_rate(fn, n_images: int, repeats: int, sync=lambda: None) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return n_images / statistics.median(times)
+
+
+def _pil_pipeline(images_u8, cfg: AugmentConfig, out_size: int):
+    from PIL import Image
+    import torchvision.transforms as T
+
+    pil = [Image.fromarray(im.numpy()) for im in images_u8]
+    tf = T.Compose([T.RandomResizedCrop(out_size, scale=cfg.scale, ratio=cfg.ratio), T.RandomHorizontalFlip(cfg.hflip),
+                    T.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue), T.ToTensor(),
+                    T.Normalize(cfg.mean, cfg.std)])
+    return lambda: torch.stack([tf(im) for im in pil])
+
+
+def bench_cpu(args, cfg: AugmentConfig) -> list[dict]:
+    images = torch.randint(0, 256, (args.batch, args.in_size, args.in_size, 3), dtype=torch.uint8)
+    ids = torch.arange(args.batch)
+    aug = Augmenter(cfg, args.out_size, seed=0, impl="reference")
+    epoch = iter(range(10**9))
+    rows = []
+    for threads in (1, os.cpu_count()):
+        torch.set_num_threads(threads)
+        ref = _median_rate(lambda: aug.train(images, ids, next(epoch)), args.batch, args.repeats)
+        pil = _median_rate(_pil_pipeline(images, cfg, args.out_size), args.batch, args.repeats)
+        rows += [dict(device="cpu", impl="reference", threads=threads, images_per_s=ref),
+                 dict(device="cpu", impl="pil+torchvision", threads=threads, images_per_s=pil)]
+    return rows
+
+
+def bench_cuda(args, cfg: AugmentConfig) -> list[dict]:
+    dev = torch.device("cuda")
+    images = torch.randint(0, 256, (args.batch, args.in_size, args.in_size, 3), dtype=torch.uint8, device=dev)
+    ids = torch.arange(args.batch)
+    sync = torch.cuda.synchronize
+    src = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_gbs = 2 * src.numel() / (1 / _median_rate(lambda: dst.copy_(src), 1, 20, sync)) / 1e9  # read + write
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        out_bytes = args.batch * 3 * args.out_size**2 * torch.finfo(dtype).bits // 8
+        floor = copy_gbs * 1e9 / ((images.numel() + out_bytes) / args.batch)
+        for impl in ("triton", "reference"):
+            aug = Augmenter(cfg, args.out_size, seed=0, dtype=dtype, impl=impl, device=dev)
+            rate = _median_rate(lambda: aug.train(images, ids, 0), args.batch, args.repeats, sync)
+            rows.append(dict(device=torch.cuda.get_device_name(), impl=impl, dtype=str(dtype).split(".")[-1],
+                             images_per_s=rate, floor_images_per_s=floor, of_floor=rate / floor,
+                             copy_gb_per_s=copy_gbs))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--in-size", type=int, default=256)
+    ap.add_argument("--out-size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args()
+    cfg = AugmentConfig()  # default recipe: RRC + flip + jitter(0.4, 0.4, 0.4), no hue/gray/erase
+    rows = bench_cpu(args, cfg)
+    if torch.cuda.is_available():
+        rows += bench_cuda(args, cfg)
+    print(f"augmentation {args.in_size}x{args.in_size} uint8 -> {args.out_size} float32, batch {args.batch}, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"{'device':<24}{'impl':<18}{'threads/dtype':<15}{'images/s':>10}{'floor':>10}")
+    for r in rows:
+        extra = f"{r['floor_images_per_s']:>10.0f}" if "floor_images_per_s" in r else ""
+        print(f"{r['device'][:23]:<24}{r['impl']:<18}{str(r.get('threads', r.get('dtype'))):<15}{r['images_per_s']:>10.1f}{extra}")
+    cpu = {(r["impl"], r["threads"]): r["images_per_s"] for r in rows if r["device"] == "cpu"}
+    for t in sorted({k[1] for k in cpu}):
+        print(f"reference / PIL pipeline, {t} thread(s): {cpu[('reference', t)] / cpu[('pil+torchvision', t)]:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
