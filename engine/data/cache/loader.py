@@ -6,7 +6,8 @@ Emits ``Batch`` with
   numeric         float32 [B, n]    categorical    int64 [B, k]
   labels          int64 [B]         index          int64 [B] manifest row
 on ``device`` (CUDA: copied asynchronously from a ring of pinned buffers; CPU:
-freshly allocated host tensors the caller may keep).
+host tensors the caller may keep: a host buffer is reused only once
+no tensor references it any more).
 
 Order, sharding and resume come from ``ShardedLoader``: position p of the
 split's *served* samples is record ``good[p]`` (rejected records are skipped).
@@ -16,6 +17,7 @@ different batch in parallel with the training step.
 """
 from __future__ import annotations
 
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
@@ -83,24 +85,34 @@ class CacheLoader(ShardedLoader):
             yield from self._iter_cuda(batches, depth)
             return
         s = r.size
+        buffers: list[np.ndarray] = []  # host batches, recycled once nobody references them
 
-        def job(pos):
-            b = len(pos)
-            images = torch.empty((b, s, s, 3), dtype=torch.uint8)  # fresh: the caller may keep the batch
-            fields = self._gather(pos, images.numpy().reshape(b, -1))
+        def take_buffer(b: int) -> np.ndarray:
+            # A yielded batch keeps its array alive (torch.from_numpy holds a reference), so an
+            # array whose only references are this list and getrefcount's argument is free to reuse.
+            for buf in buffers:
+                if sys.getrefcount(buf) == 3 and len(buf) == b:  # list, loop variable, argument
+                    return buf
+            buf = np.empty((b, s, s, 3), dtype=np.uint8)
+            buffers.append(buf)
+            return buf
+
+        def job(pos, images):
+            fields = self._gather(pos, images.reshape(len(pos), -1))
             return images, fields
 
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cache-gather") as pool:
-            pending = deque(pool.submit(job, p) for p in batches[:depth])
+            pending = deque(pool.submit(job, p, take_buffer(len(p))) for p in batches[:depth])
             nxt = depth
             try:
                 while pending:
                     images, fields = pending.popleft().result()
                     if nxt < len(batches):
-                        pending.append(pool.submit(job, batches[nxt]))
+                        pending.append(pool.submit(job, batches[nxt], take_buffer(len(batches[nxt]))))
                         nxt += 1
                     self._account(len(images))
-                    yield self._to_batch(images, fields, non_blocking=False)
+                    yield self._to_batch(torch.from_numpy(images), fields, non_blocking=False)
+                    del images
             finally:
                 for f in pending:
                     f.cancel()
