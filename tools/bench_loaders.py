@@ -108,6 +108,7 @@ def synthetic_cache(cfg, ctx, folder: Path, n: int, size: int):
     mm.flush()
     sums = np.array([fmt.checksum(view[i, : fmt.record_bytes(size)]) for i in range(min(n, len(base)))], np.uint32)[src]
     del view
+    mm.close()  # drop the writer's mapping so RSS below measures the loader alone
     for name, dtype in fmt.FIELDS.items():
         np.save(folder / f"{name}.npy", np.ascontiguousarray(getattr(data, name)[src % len(data)], dtype=dtype))
     np.save(folder / fmt.CHECKSUMS, sums)
