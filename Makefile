@@ -22,6 +22,7 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(PY) tools/make_demo_data.py $(DEMO_DATA)
+	$(PY) tools/build_cache.py --config configs/demo.yaml
 	$(VENV)/bin/deepspeed --num_gpus 1 engine/train.py --config configs/demo.yaml
 	$(PY) tools/show_metrics.py runs/demo
 
