@@ -198,6 +198,20 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _inherit(tree: dict, path: Path, seen: tuple) -> dict:
+    """``inherit: other.yaml`` (relative to this file) loads that recipe first; this file's keys win."""
+    base = tree.pop("inherit", None)
+    if base is None:
+        return tree
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: 'inherit' forms a cycle through {base_path}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: inherit: {base} does not exist (looked for {base_path})")
+    base_tree = yaml.safe_load(base_path.read_text()) or {}
+    return _merge(_inherit(base_tree, base_path, seen + (base_path,)), tree)
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str] | dict] = None) -> Config:
     """Read ``path`` (YAML), apply ``overrides``, validate; errors name the key and the file."""
     tree: dict = {}
@@ -213,6 +227,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = _inherit(tree, path, seen=(path.resolve(),))
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         tree = _merge(tree, over)

@@ -78,3 +78,26 @@ def test_resolved_config_round_trips(tmp_path):
     assert tree["provenance"]["git_commit"] == "abc"
     again = config_from_dict(tree)
     assert again == cfg
+
+
+def test_inherit_recipe(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 7}\nmodel: {fusion: gated, backbone: resnet18}\n")
+    child = write(tmp_path, "inherit: base.yaml\nmodel: {backbone: null}\n")
+    cfg = load_config(child)
+    assert cfg.train.epochs == 7 and cfg.model.fusion == "gated" and cfg.model.backbone is None
+
+
+def test_inherit_missing_and_cycle(tmp_path):
+    with pytest.raises(ConfigError, match="inherit"):
+        load_config(write(tmp_path, "inherit: nope.yaml\n"))
+    (tmp_path / "a.yaml").write_text("inherit: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("inherit: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    for recipe in sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")):
+        load_config(recipe)

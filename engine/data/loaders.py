@@ -39,6 +39,13 @@ def _pil(cfg, ctx, split, train, rank, world, weights):
                      cfg.loader.pin_memory and _cuda(), weights)
 
 
+@register_backend("cache")
+def _cache(cfg, ctx, split, train, rank, world, weights):
+    from engine.data.cache.loader import create_cache_loader
+
+    return create_cache_loader(cfg, ctx, split, train, rank, world, weights)
+
+
 @register_backend("dali")
 def _dali(cfg, ctx, split, train, rank, world, weights):
     from engine.data.dali.loader import create_dali_loader  # imports nvidia.dali lazily, with an install hint

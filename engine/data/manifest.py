@@ -84,12 +84,20 @@ def _examples(items: list[str], k: int = 5) -> str:
     return "; ".join(items[:k]) + (f"; ... ({len(items) - k} more)" if len(items) > k else "")
 
 
-def _label_classes(raw: list[str]) -> list[str]:
-    values = sorted(set(raw))
+def _canonical_labels(raw: list[str]) -> list[str]:
+    """Integer labels ("02", "2", " 2") collapse to one class "2"; any non-integer label keeps them all textual."""
+    try:
+        return [str(int(v)) for v in raw]
+    except ValueError:
+        return raw
+
+
+def _label_classes(canonical: list[str]) -> list[str]:
+    values = set(canonical)
     try:
         return [str(v) for v in sorted(int(v) for v in values)]
     except ValueError:
-        return values
+        return sorted(values)
 
 
 def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tuple[str, ...] = ("train", "val")) -> Manifest:
@@ -140,10 +148,10 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
     if missing_files:
         raise ManifestError(f"{path}: {len(missing_files)} image files do not exist under {root}: {_examples(missing_files)}")
 
-    raw_labels = [str(r[cfg.label_column]) for r in rows]
+    raw_labels = _canonical_labels([str(r[cfg.label_column]) for r in rows])
     classes = _label_classes(raw_labels)
     lookup = {c: i for i, c in enumerate(classes)}
-    labels = np.array([lookup[str(int(v)) if v.lstrip("-").isdigit() else v] for v in raw_labels], dtype=np.int64)
+    labels = np.array([lookup[v] for v in raw_labels], dtype=np.int64)
     return Manifest(path, root, rows, classes, labels, splits, file_sha256(path))
 
 

@@ -1,0 +1,16 @@
+"""The flash decode cache: images decoded once into a memory-mapped file, read at memory speed.
+
+    format.py  the on-disk format (shared by writer and reader), the cache key, the build command
+    decode.py  one image file -> RGB uint8 [S, S, 3]
+    writer.py  build_cache: parallel, resumable build of one split
+    reader.py  open_cache / CacheReader / verify_cache
+    loader.py  CacheLoader: a ShardedLoader gathering batches from the map in threads
+
+Build with ``python tools/build_cache.py --config CONFIG``; train with ``loader.backend: cache``.
+"""
+from engine.data.cache.format import CacheError, CacheKey, build_command, cache_dir, cache_key
+from engine.data.cache.reader import CacheReader, VerifyReport, open_cache, verify_cache
+from engine.data.cache.writer import BuildSummary, CacheBuildError, build_cache
+
+__all__ = ["CacheError", "CacheBuildError", "CacheKey", "CacheReader", "BuildSummary", "VerifyReport",
+           "build_cache", "build_command", "cache_dir", "cache_key", "open_cache", "verify_cache"]

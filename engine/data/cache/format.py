@@ -1,0 +1,179 @@
+"""The on-disk format of a decode cache: the one definition the writer and the reader share.
+
+A cache of one split is a folder ``<cache.dir>/<split>-<key[:12]>/``::
+
+    images.u8        uint8, N records of ``stride`` bytes at offset i * stride (stride is
+                     a multiple of 4 KiB); record i holds image i as HWC RGB
+                     [S, S, 3] in its first S*S*3 bytes, the rest is zero padding
+    checksums.npy    uint32 [N]   zlib.crc32 of each record's S*S*3 payload bytes
+    rows.npy         int64  [N]   manifest row of record i
+    labels.npy       int64  [N]
+    input_ids.npy    int64  [N, L]
+    attention_mask.npy int64 [N, L]
+    numeric.npy      float32 [N, n_numeric]
+    categorical.npy  int64  [N, n_categorical]
+    good.npy         int64  [M]   records the reader serves (all but the rejected ones), ascending
+    rejects.csv      record,row,path,reason  (header only when nothing was rejected)
+    metadata.json    how it was built: the key components, counts, stride, shape, versions
+
+Record i is split position i (``DataContext.split(split)`` order), whether or
+not its image was good, so a record's offset never depends on other records
+and parallel builders can write straight into the file. A rejected record
+stays zero-filled and is left out of ``good.npy``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+ALIGN = 4096  # record alignment: page-aligned records map and flush independently
+IMAGES = "images.u8"
+CHECKSUMS = "checksums.npy"
+GOOD = "good.npy"
+REJECTS = "rejects.csv"
+METADATA = "metadata.json"
+PARTIAL_SUFFIX = ".partial"
+CHUNKS = "chunks"  # inside a .partial folder: one JSON per finished chunk (the progress bitmap)
+KEY_FILE = "key.json"  # inside a .partial folder: the key it is being built for
+
+# The per-record fields stored beside the pixels: name -> dtype (shape [N, ...] as in SplitData).
+FIELDS: dict[str, np.dtype] = {
+    "rows": np.dtype(np.int64),
+    "labels": np.dtype(np.int64),
+    "input_ids": np.dtype(np.int64),
+    "attention_mask": np.dtype(np.int64),
+    "numeric": np.dtype(np.float32),
+    "categorical": np.dtype(np.int64),
+}
+
+
+class CacheError(RuntimeError):
+    """A cache is missing, stale, incomplete or corrupt; the message says how to rebuild it."""
+
+
+def record_bytes(size: int) -> int:
+    """Payload bytes of one record: an S x S x 3 uint8 image."""
+    return size * size * 3
+
+
+def record_stride(size: int) -> int:
+    """Bytes between consecutive records: the payload rounded up to ALIGN."""
+    return -(-record_bytes(size) // ALIGN) * ALIGN
+
+
+def checksum(payload: np.ndarray | bytes | memoryview) -> int:
+    import zlib
+
+    return zlib.crc32(payload) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that decides a cache's content; its hash names the folder."""
+
+    manifest_version: str  # sha256 of the manifest file
+    split: str
+    rows_sha: str  # sha256 of the selected manifest rows (covers max_*_samples and the seed)
+    image_column: str
+    stored_size: int
+    resize_policy: str
+    draft: bool  # libjpeg DCT downscaling changes pixels slightly, so it is part of the key
+    tokenizer: str  # text encoder name ("" without text)
+    max_length: int
+    tabular: dict  # TabularEncoder.to_dict()
+    classes: list
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.split}-{self.digest[:12]}"
+
+
+def cache_key(cfg, ctx, split: str) -> CacheKey:
+    """The key of ``split``'s cache under run config ``cfg`` and data context ``ctx``."""
+    from engine.data.manifest import select_split, split_limit
+
+    rows = select_split(ctx.manifest, split, split_limit(cfg.data, split), ctx.seed).astype(np.int64)
+    return CacheKey(
+        manifest_version=ctx.manifest.version,
+        split=split,
+        rows_sha=hashlib.sha256(rows.tobytes()).hexdigest(),
+        image_column=cfg.data.image_column,
+        stored_size=cfg.cache.stored_size,
+        resize_policy=cfg.cache.resize_policy,
+        draft=cfg.cache.draft,
+        tokenizer=ctx.text_encoder or "",
+        max_length=ctx.text_max_length,
+        tabular=ctx.tabular.to_dict(),
+        classes=list(ctx.classes),
+    )
+
+
+def cache_dir(cfg, key: CacheKey) -> Path:
+    return Path(cfg.cache.dir) / key.folder_name
+
+
+def build_command(cfg, split: str) -> str:
+    """The exact command that (re)builds ``split``'s cache for ``cfg``.
+
+    The recipe path is taken from this process's ``--config`` argument when
+    there is one; the settings that enter the cache key are spelled out as
+    overrides so the command is right even if the recipe has been edited.
+    """
+    argv = sys.argv
+    recipe = "CONFIG.yaml"
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            recipe = argv[i + 1]
+        elif a.startswith("--config="):
+            recipe = a.split("=", 1)[1]
+    over = {
+        "data.manifest": cfg.data.manifest,
+        "cache.dir": cfg.cache.dir,
+        "cache.stored_size": cfg.cache.stored_size,
+        "cache.resize_policy": cfg.cache.resize_policy,
+        "cache.draft": str(cfg.cache.draft).lower(),
+        "model.text_max_length": cfg.model.text_max_length,
+        "cache.splits": f"[{split}]",
+    }
+    if cfg.data.root:
+        over["data.root"] = cfg.data.root
+    parts = ["python", "tools/build_cache.py", "--config", recipe] + [f"--{k}={v}" for k, v in over.items()]
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def open_records(path: Path, n: int, stride: int, writable: bool) -> tuple[mmap.mmap | None, np.ndarray]:
+    """Map ``images.u8`` as uint8 [n, stride]; returns (mmap, view). n == 0 maps nothing."""
+    if n == 0:
+        return None, np.zeros((0, stride), np.uint8)
+    size = n * stride
+    with open(path, "r+b" if writable else "rb") as f:
+        if os.fstat(f.fileno()).st_size != size:
+            raise CacheError(f"{path}: size {os.fstat(f.fileno()).st_size} bytes, expected {n} x {stride} = {size}")
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    return mm, np.frombuffer(mm, dtype=np.uint8).reshape(n, stride)
+
+
+def library_versions() -> dict:
+    import PIL
+
+    return {"format": FORMAT_VERSION, "pillow": PIL.__version__, "numpy": np.__version__}

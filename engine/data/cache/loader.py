@@ -1,0 +1,170 @@
+"""CacheLoader: batches gathered from the memory-mapped cache by native copies in threads.
+
+Emits ``Batch`` with
+  images          uint8 [B, S, S, 3] NHWC, RGB, at the cache's stored size, contiguous
+  input_ids       int64 [B, L]      attention_mask int64 [B, L]
+  numeric         float32 [B, n]    categorical    int64 [B, k]
+  labels          int64 [B]         index          int64 [B] manifest row
+on ``device`` (CUDA: copied asynchronously from a ring of pinned buffers; CPU:
+host tensors the caller may keep: a host buffer is reused only once
+no tensor references it any more).
+
+Order, sharding and resume come from ``ShardedLoader``: position p of the
+split's *served* samples is record ``good[p]`` (rejected records are skipped).
+A batch's gather is one ``np.take`` over the map viewed as [N, stride] bytes;
+numpy releases the GIL for it, so ``num_workers`` threads each fill a
+different batch in parallel with the training step.
+"""
+from __future__ import annotations
+
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from engine.data.batch import Batch
+from engine.data.cache.reader import CacheReader
+from engine.data.loader_base import ShardedLoader
+
+DROP_PAGES_BYTES = 256 << 20  # unmap touched cache pages after this many bytes gathered (flat RSS)
+
+
+class CacheLoader(ShardedLoader):
+    def __init__(self, reader: CacheReader, batch_size: int, train: bool, rank: int, world: int, seed: int,
+                 num_workers: int = 2, prefetch: int = 2, pin_memory: bool = True,
+                 device: Optional[torch.device | str] = None, sample_weights: Optional[np.ndarray] = None):
+        """``sample_weights``: one per split row (as ``create_loader`` computes them), or per served sample."""
+        self.reader = reader
+        good = reader.good
+        if sample_weights is not None:
+            sample_weights = np.asarray(sample_weights, dtype=np.float64)
+            if len(sample_weights) == reader.count and len(good) != reader.count:
+                sample_weights = sample_weights[good]  # rejected rows get no draws
+            sample_weights = sample_weights / sample_weights.sum()
+        super().__init__(len(good), batch_size, train, rank, world, seed, sample_weights)
+        self.num_workers, self.prefetch = max(1, num_workers), max(1, prefetch)
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = torch.device(device)
+        self.pin = pin_memory and self.device.type == "cuda"
+        self._since_drop = 0
+
+    # --- one batch --------------------------------------------------------------------
+
+    def _gather(self, positions: np.ndarray, out: np.ndarray) -> dict[str, np.ndarray]:
+        """Fill ``out`` (uint8 [>=B, stride] or [>=B, S*S*3]) with the batch's records; return all fields."""
+        r = self.reader
+        records = r.good[positions]
+        b = len(records)
+        if out.shape[1] == r.stride:
+            np.take(r.images, records, axis=0, out=out[:b], mode="clip")  # mode!=raise: no buffered copy of out
+        else:  # payload smaller than stride: take full records into scratch, keep the payload
+            scratch = np.empty((b, r.stride), np.uint8)
+            np.take(r.images, records, axis=0, out=scratch, mode="clip")
+            np.copyto(out[:b], scratch[:, : r.record_bytes])
+        fields = {name: np.asarray(arr[records]) for name, arr in r.fields.items()}
+        return fields
+
+    def _to_batch(self, images: torch.Tensor, fields: dict[str, np.ndarray], non_blocking: bool) -> Batch:
+        t = {k: torch.from_numpy(v) for k, v in fields.items()}
+        if self.device.type != "cpu":
+            t = {k: v.to(self.device, non_blocking=non_blocking) for k, v in t.items()}
+        return Batch(images=images, input_ids=t["input_ids"], attention_mask=t["attention_mask"], numeric=t["numeric"],
+                     categorical=t["categorical"], labels=t["labels"], index=t["rows"])
+
+    # --- the epoch ---------------------------------------------------------------------
+
+    def _iter_positions(self, positions: np.ndarray) -> Iterator[Batch]:
+        bs, r = self.batch_size, self.reader
+        batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
+        depth = self.num_workers + self.prefetch  # batches being gathered or ready
+        if self.device.type == "cuda":
+            yield from self._iter_cuda(batches, depth)
+            return
+        s = r.size
+        buffers: list[np.ndarray] = []  # host batches, recycled once nobody references them
+
+        def take_buffer(b: int) -> np.ndarray:
+            # A yielded batch keeps its array alive (torch.from_numpy holds a reference), so an
+            # array whose only references are this list and getrefcount's argument is free to reuse.
+            for buf in buffers:
+                if sys.getrefcount(buf) == 3 and len(buf) == b:  # list, loop variable, argument
+                    return buf
+            buf = np.empty((b, s, s, 3), dtype=np.uint8)
+            buffers.append(buf)
+            return buf
+
+        def job(pos, images):
+            fields = self._gather(pos, images.reshape(len(pos), -1))
+            return images, fields
+
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cache-gather") as pool:
+            pending = deque(pool.submit(job, p, take_buffer(len(p))) for p in batches[:depth])
+            nxt = depth
+            try:
+                while pending:
+                    images, fields = pending.popleft().result()
+                    if nxt < len(batches):
+                        pending.append(pool.submit(job, batches[nxt], take_buffer(len(batches[nxt]))))
+                        nxt += 1
+                    self._account(len(images))
+                    yield self._to_batch(torch.from_numpy(images), fields, non_blocking=False)
+                    del images
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _iter_cuda(self, batches: list[np.ndarray], depth: int) -> Iterator[Batch]:
+        """Pinned ring of depth+1 buffers; a buffer is refilled only after its copy's event completed."""
+        r, bs = self.reader, self.batch_size
+        slots = [torch.empty((bs, r.stride), dtype=torch.uint8, pin_memory=self.pin) for _ in range(depth + 1)]
+        events: list[Optional[torch.cuda.Event]] = [None] * len(slots)
+        stream = torch.cuda.current_stream(self.device)
+
+        def job(i, pos):
+            slot = i % len(slots)
+            if events[slot] is not None:
+                events[slot].synchronize()  # the device copy out of this buffer has finished
+            return slot, self._gather(pos, slots[slot].numpy())
+
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cache-gather") as pool:
+            pending = deque(pool.submit(job, i, p) for i, p in enumerate(batches[:depth]))
+            nxt = depth
+            try:
+                while pending:
+                    slot, fields = pending.popleft().result()
+                    b = len(fields["labels"])
+                    dev = slots[slot][:b].to(self.device, non_blocking=True)
+                    ev = torch.cuda.Event()
+                    ev.record(stream)
+                    events[slot] = ev
+                    if nxt < len(batches):  # submitted after the event exists, so a reuse waits on it
+                        pending.append(pool.submit(job, nxt, batches[nxt]))
+                        nxt += 1
+                    images = dev[:, : r.record_bytes].reshape(b, r.size, r.size, 3)
+                    self._account(b)
+                    yield self._to_batch(images.contiguous(), fields, non_blocking=True)
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _account(self, b: int) -> None:
+        self._since_drop += b * self.reader.stride
+        if self._since_drop >= DROP_PAGES_BYTES:
+            self.reader.drop_pages()
+            self._since_drop = 0
+
+
+def create_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world: int, weights) -> CacheLoader:
+    """``loader.backend: cache``; raises CacheError (with the build command) if the cache is missing or stale."""
+    from engine.data.cache.reader import open_cache
+
+    reader = open_cache(cfg, ctx, split)
+    return CacheLoader(reader, cfg.loader.batch_size if train else cfg.loader.eval_bs, train, rank, world, cfg.run.seed,
+                       cfg.loader.num_workers, cfg.loader.prefetch, cfg.loader.pin_memory, None, weights)
+
+
+__all__ = ["CacheLoader", "create_cache_loader"]

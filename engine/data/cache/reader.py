@@ -1,0 +1,139 @@
+"""The cache reader: find the cache that matches the current settings, map it, check it.
+
+``open_cache(cfg, ctx, split)`` returns a ``CacheReader`` or raises ``CacheError``
+with the exact build command when the cache is missing, half-built or stale
+(built for another manifest version or other settings). A cache is never used
+unless its recorded key equals the key computed from the current run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.data.cache import format as fmt
+
+MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+
+
+class CacheReader:
+    """A finished cache folder, memory-mapped read-only.
+
+    ``images``: uint8 [count, stride] view of ``images.u8`` (record i at row i);
+    ``payload_shape``: (S, S, 3); ``fields[name]``: per-record arrays of
+    ``format.FIELDS`` (memory-mapped); ``good``: records to serve.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / fmt.METADATA).read_text())
+        self.count, self.stride = int(self.meta["count"]), int(self.meta["stride"])
+        self.size = int(self.meta["shape"][0])
+        self.record_bytes = fmt.record_bytes(self.size)
+        if self.stride != fmt.record_stride(self.size):
+            raise fmt.CacheError(f"{self.folder}: stride {self.stride} does not match size {self.size} (format v{fmt.FORMAT_VERSION})")
+        self._mm, self.images = fmt.open_records(self.folder / fmt.IMAGES, self.count, self.stride, writable=False)
+        self.fields = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in fmt.FIELDS}
+        self.good = np.load(self.folder / fmt.GOOD)
+        for name, arr in self.fields.items():
+            if len(arr) != self.count or arr.dtype != fmt.FIELDS[name]:
+                raise fmt.CacheError(f"{self.folder}/{name}.npy: {arr.dtype} {arr.shape}, expected {fmt.FIELDS[name]} [{self.count}, ...]")
+
+    @property
+    def key(self) -> dict:
+        return self.meta["key"]
+
+    def rejects(self) -> list[dict]:
+        with open(self.folder / fmt.REJECTS, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def record(self, i: int) -> np.ndarray:
+        """Record ``i`` as uint8 [S, S, 3] (a view into the map)."""
+        return self.images[i, : self.record_bytes].reshape(self.size, self.size, 3)
+
+    def drop_pages(self) -> None:
+        """Unmap the pages touched so far (they stay in the page cache): keeps RSS flat over a pass."""
+        if MADV_DONTNEED is None:
+            return
+        maps = [self._mm] + [getattr(a, "_mmap", None) for a in self.fields.values()]
+        for m in maps:
+            if m is not None:
+                m.madvise(MADV_DONTNEED)
+
+
+def open_cache(cfg, ctx, split: str) -> CacheReader:
+    """The cache of ``split`` for this run, or CacheError saying why not and how to build it."""
+    key = fmt.cache_key(cfg, ctx, split)
+    folder = fmt.cache_dir(cfg, key)
+    cmd = fmt.build_command(cfg, split)
+    if not (folder / fmt.METADATA).is_file():
+        partial = folder.with_name(folder.name + fmt.PARTIAL_SUFFIX)
+        if partial.is_dir():
+            raise fmt.CacheError(f"the {split} cache {partial} is only partly built (interrupted build); "
+                                 f"finish it (it resumes) with: {cmd}")
+        stale = _stale_reasons(Path(cfg.cache.dir), key)
+        if stale:
+            raise fmt.CacheError(f"the {split} cache in {cfg.cache.dir} is stale, refusing to use it: {stale}. "
+                                 f"Rebuild it with: {cmd}")
+        raise fmt.CacheError(f"no {split} cache for these settings in cache.dir={cfg.cache.dir} (expected {folder}); build it with: {cmd}")
+    reader = CacheReader(folder)
+    if reader.key != key.to_dict():
+        raise fmt.CacheError(f"{folder} was built for other settings ({_diff(reader.key, key.to_dict())}); "
+                             f"delete it and rebuild with: {cmd}")
+    return reader
+
+
+def _diff(old: dict, new: dict) -> str:
+    """Human-readable differences between two key dicts."""
+    out = []
+    for k in new:
+        if old.get(k) != new[k]:
+            if k == "manifest_version":
+                out.append(f"the manifest changed (sha256 {str(old.get(k))[:12]}... -> {new[k][:12]}...)")
+            elif k in ("tabular", "classes", "rows_sha"):
+                out.append(f"{k} changed")
+            else:
+                out.append(f"{k}: cache has {old.get(k)!r}, settings say {new[k]!r}")
+    return "; ".join(out) or "format changed"
+
+
+def _stale_reasons(root: Path, key: fmt.CacheKey) -> str:
+    """Describe how the most recent other cache of the same split differs from ``key``, or ''."""
+    if not root.is_dir():
+        return ""
+    metas = sorted((root.glob(f"{key.split}-*/{fmt.METADATA}")), key=lambda p: p.stat().st_mtime, reverse=True)
+    for m in metas:
+        try:
+            old = json.loads(m.read_text())["key"]
+        except (OSError, ValueError, KeyError):
+            continue
+        return f"{m.parent.name}: {_diff(old, key.to_dict())}"
+    return ""
+
+
+@dataclass
+class VerifyReport:
+    folder: Path
+    count: int
+    bad: list[dict]  # {record, row, path}
+
+    def line(self) -> str:
+        if not self.bad:
+            return f"{self.folder}: all {self.count} records match their checksums"
+        head = "; ".join(f"record {b['record']} (manifest row {b['row']})" for b in self.bad[:5])
+        return f"{self.folder}: {len(self.bad)} of {self.count} records do NOT match their checksums: {head}"
+
+
+def verify_cache(folder: Path) -> VerifyReport:
+    """Check every record of a finished cache against ``checksums.npy``."""
+    from engine.data.cache.writer import verify_records
+
+    reader = CacheReader(folder)
+    sums = np.load(Path(folder) / fmt.CHECKSUMS)
+    bad = verify_records(Path(folder) / fmt.IMAGES, sums, reader.size)
+    rows = reader.fields["rows"]
+    return VerifyReport(Path(folder), reader.count, [{"record": i, "row": int(rows[i])} for i in bad])

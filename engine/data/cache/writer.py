@@ -1,0 +1,252 @@
+"""The cache writer: decode a split once, in parallel, resumably, into the format of ``format.py``.
+
+Build protocol (safe against a kill at any moment, SIGKILL included):
+
+1. everything is written under ``<name>.partial/``; ``key.json`` there pins the
+   key and the chunk size the build was started with;
+2. ``images.u8`` is created at its final size; pool workers decode chunks of
+   ``chunk_size`` records and write them straight at their offsets, flush
+   them, then atomically write ``chunks/<k>.json`` (checksums + rejects of
+   the chunk) -- the chunk's done flag;
+3. a rerun skips the chunks that have a done flag and redoes the others
+   (decoding is deterministic, so redone records are byte-identical);
+4. when every chunk is done: verify every record against its checksum, write
+   the per-record fields, ``rejects.csv``, ``good.npy``, ``metadata.json``,
+   drop the progress files and ``os.rename`` the folder to its final name.
+
+A folder without the ``.partial`` suffix is therefore always complete.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from engine.data.cache import format as fmt
+from engine.data.cache.decode import decode_resized
+
+DELAY_ENV = "ENGINE_CACHE_CHUNK_DELAY"  # test hook: seconds to sleep after each chunk (lets a kill land mid-build)
+
+
+class CacheBuildError(fmt.CacheError):
+    """Bad images in ``data.on_bad_image=error`` mode; the message names files and manifest rows."""
+
+
+@dataclass
+class BuildSummary:
+    split: str
+    folder: Path
+    count: int  # records (= split rows)
+    good: int  # records the reader serves
+    rejected: list[dict] = field(default_factory=list)  # {record, row, path, reason}
+    seconds: float = 0.0
+    decoded: int = 0  # records decoded by this call (0 when the cache was up to date)
+    up_to_date: bool = False
+
+    def line(self) -> str:
+        if self.up_to_date:
+            return f"{self.split}: up to date, {self.good}/{self.count} records in {self.folder}"
+        rate = self.decoded / self.seconds if self.seconds else 0.0
+        return (f"{self.split}: {self.good}/{self.count} records, {len(self.rejected)} rejected"
+                f"{' (see ' + str(self.folder / fmt.REJECTS) + ')' if self.rejected else ''}, "
+                f"{self.decoded} decoded in {self.seconds:.1f}s ({rate:.0f} img/s) -> {self.folder}")
+
+
+# --- pool workers -------------------------------------------------------------------------
+
+_W: dict = {}
+
+
+def _init_worker(images: str, n: int, size: int, policy: str, draft: bool, chunks: str, on_bad: str) -> None:
+    stride = fmt.record_stride(size)
+    mm, view = fmt.open_records(Path(images), n, stride, writable=True)
+    _W.update(mm=mm, view=view, size=size, stride=stride, policy=policy, draft=draft, chunks=Path(chunks), on_bad=on_bad)
+
+
+def _build_chunk(job: tuple[int, int, list[str]]) -> tuple[int, int, list[dict]]:
+    """Decode records [start, start+len(paths)) into the map; write the done flag unless it must stop."""
+    k, start, paths = job
+    view, size, payload = _W["view"], _W["size"], fmt.record_bytes(_W["size"])
+    sums, rejects = [], []
+    for i, path in enumerate(paths):
+        rec = start + i
+        try:
+            img = decode_resized(path, size, _W["policy"], _W["draft"])
+            view[rec, :payload] = img.reshape(-1)
+        except Exception as e:  # noqa: BLE001 -- any decode failure is a bad image, reported with its reason
+            view[rec, :payload] = 0
+            rejects.append({"record": rec, "path": path, "reason": f"{type(e).__name__}: {e}".replace("\n", " ")})
+        sums.append(fmt.checksum(view[rec, :payload]))
+    _W["mm"].flush(start * _W["stride"], len(paths) * _W["stride"])
+    if rejects and _W["on_bad"] == "error":
+        return k, len(paths), rejects  # no done flag: fixing the file and rerunning redoes this chunk
+    _atomic_write(_W["chunks"] / f"{k:08d}.json", json.dumps({"start": start, "checksums": sums, "rejects": rejects}))
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    if delay:
+        time.sleep(delay)
+    return k, len(paths), rejects
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --- the build ------------------------------------------------------------------------------
+
+
+def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: bool = True) -> BuildSummary:
+    """Build (or finish, or confirm) the cache of ``split`` for run config ``cfg``; see the module doc."""
+    key = fmt.cache_key(cfg, ctx, split)
+    final = fmt.cache_dir(cfg, key)
+    if (final / fmt.METADATA).is_file():
+        meta = json.loads((final / fmt.METADATA).read_text())
+        if meta.get("key") == key.to_dict():
+            return BuildSummary(split, final, meta["count"], meta["good"], up_to_date=True)
+        raise fmt.CacheError(f"{final} exists but was built for other settings; delete it and run: {fmt.build_command(cfg, split)}")
+    t0 = time.perf_counter()
+    data = ctx.split(split)
+    n, size = len(data), cfg.cache.stored_size
+    stride = fmt.record_stride(size)
+    partial = final.with_name(final.name + fmt.PARTIAL_SUFFIX)
+    chunk_size = _prepare_partial(partial, key, n, stride, cfg.cache.chunk_size)
+    chunks = partial / fmt.CHUNKS
+    n_chunks = -(-n // chunk_size)
+    done = {int(p.stem) for p in chunks.glob("*.json")}
+    jobs = [(k, k * chunk_size, data.paths[k * chunk_size : (k + 1) * chunk_size]) for k in range(n_chunks) if k not in done]
+    decoded = _run_jobs(jobs, partial, n, cfg, split, data, workers, progress, n - sum(len(j[2]) for j in jobs))
+    summary = _finish(partial, final, key, data, size, stride, chunk_size, n_chunks)
+    summary.seconds, summary.decoded = time.perf_counter() - t0, decoded
+    return summary
+
+
+def _prepare_partial(partial: Path, key: fmt.CacheKey, n: int, stride: int, chunk_size: int) -> int:
+    """Create or reopen ``partial``; return the chunk size its progress files use."""
+    key_file = partial / fmt.KEY_FILE
+    if key_file.is_file():
+        pinned = json.loads(key_file.read_text())
+        images = partial / fmt.IMAGES
+        if pinned.get("key") == key.to_dict() and images.is_file() and images.stat().st_size == n * stride:
+            return int(pinned["chunk_size"])
+    shutil.rmtree(partial, ignore_errors=True)  # unusable leftovers: start this build afresh
+    (partial / fmt.CHUNKS).mkdir(parents=True)
+    with open(partial / fmt.IMAGES, "wb") as f:
+        f.truncate(n * stride)  # sparse: untouched records read as zeros
+    _atomic_write(key_file, json.dumps({"key": key.to_dict(), "chunk_size": chunk_size}, sort_keys=True))
+    return chunk_size
+
+
+def _run_jobs(jobs, partial: Path, n: int, cfg, split: str, data, workers: Optional[int], progress: bool, already: int) -> int:
+    if not jobs:
+        return 0
+    from tqdm import tqdm
+
+    workers = workers or cfg.cache.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(jobs)))
+    init = (str(partial / fmt.IMAGES), n, cfg.cache.stored_size, cfg.cache.resize_policy, cfg.cache.draft,
+            str(partial / fmt.CHUNKS), cfg.data.on_bad_image)
+    bar = tqdm(total=n, initial=already, unit="img", desc=f"cache {split}", disable=not progress, smoothing=0.1)
+    decoded = 0
+    with get_context("fork" if os.name == "posix" else "spawn").Pool(workers, _init_worker, init) as pool:
+        for k, count, rejects in pool.imap_unordered(_build_chunk, jobs):
+            decoded += count
+            bar.update(count)
+            if rejects and cfg.data.on_bad_image == "error":
+                pool.terminate()
+                bar.close()
+                raise CacheBuildError(_bad_report(rejects, data, cfg, split))
+    bar.close()
+    return decoded
+
+
+def _bad_report(rejects: list[dict], data, cfg, split: str) -> str:
+    lines = [f"{len(rejects)} bad image(s) while building the {split} cache (data.on_bad_image=error):"]
+    for r in rejects[:10]:
+        lines.append(f"  manifest row {int(data.rows[r['record']])}: {r['path']}: {r['reason']}")
+    lines.append("Fix or remove these rows, or set --data.on_bad_image=skip to leave them out (listed in rejects.csv); "
+                 f"then rerun: {fmt.build_command(cfg, split)}")
+    return "\n".join(lines)
+
+
+def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, stride: int, chunk_size: int, n_chunks: int) -> BuildSummary:
+    n = len(data)
+    sums = np.zeros(n, np.uint32)
+    rejects: list[dict] = []
+    for k in range(n_chunks):
+        chunk = json.loads((partial / fmt.CHUNKS / f"{k:08d}.json").read_text())
+        sums[chunk["start"] : chunk["start"] + len(chunk["checksums"])] = chunk["checksums"]
+        rejects += chunk["rejects"]
+    bad = verify_records(partial / fmt.IMAGES, sums, size)
+    if bad:
+        shutil.rmtree(partial / fmt.CHUNKS)  # records do not match what the workers wrote: rebuild from scratch
+        (partial / fmt.CHUNKS).mkdir()
+        raise fmt.CacheError(f"{partial}: {len(bad)} records changed after they were written (first: {bad[:5]}); rerun to rebuild")
+    rejected = {r["record"] for r in rejects}
+    good = np.array([i for i in range(n) if i not in rejected], dtype=np.int64)
+    for name, dtype in fmt.FIELDS.items():
+        np.save(partial / f"{name}.npy", np.ascontiguousarray(getattr(data, name), dtype=dtype))
+    np.save(partial / fmt.CHECKSUMS, sums)
+    np.save(partial / fmt.GOOD, good)
+    rejects.sort(key=lambda r: r["record"])
+    with open(partial / fmt.REJECTS, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["record", "row", "path", "reason"])
+        for r in rejects:
+            w.writerow([r["record"], int(data.rows[r["record"]]), r["path"], r["reason"]])
+    meta = {
+        "key": key.to_dict(),
+        "key_digest": key.digest,
+        "count": n,
+        "good": int(len(good)),
+        "rejected": len(rejects),
+        "stride": stride,
+        "record_bytes": fmt.record_bytes(size),
+        "shape": [size, size, 3],
+        "dtype": "uint8",
+        "layout": "HWC RGB",
+        "fields": {name: {"dtype": str(dt), "shape": list(getattr(data, name).shape)} for name, dt in fmt.FIELDS.items()},
+        "checksum": "zlib.crc32 of each record's payload",
+        "versions": fmt.library_versions(),
+    }
+    _atomic_write(partial / fmt.METADATA, json.dumps(meta, indent=1, sort_keys=True))
+    shutil.rmtree(partial / fmt.CHUNKS)
+    (partial / fmt.KEY_FILE).unlink()
+    _fsync_dir(partial)
+    os.rename(partial, final)
+    _fsync_dir(final.parent)
+    return BuildSummary(key.split, final, n, int(len(good)), rejects)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify_records(images: Path, sums: np.ndarray, size: int) -> list[int]:
+    """Records of ``images`` whose payload does not match ``sums``."""
+    stride, payload = fmt.record_stride(size), fmt.record_bytes(size)
+    mm, view = fmt.open_records(images, len(sums), stride, writable=False)
+    try:
+        return [i for i in range(len(sums)) if fmt.checksum(view[i, :payload]) != int(sums[i])]
+    finally:
+        del view
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive somewhere; the map closes when it dies
+                pass

@@ -1,0 +1,86 @@
+"""The cache loader: sharding across ranks, deterministic order, mid-epoch resume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import make_cfg, make_ctx, write_dataset
+from engine.data.cache import build_cache
+from engine.data.loaders import create_loader
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    manifest = write_dataset(root / "data", n_train=30, n_val=11, n_test=2)
+    cfg = make_cfg(manifest, root / "cache", "--cache.stored_size=24")
+    ctx = make_ctx(cfg)
+    for split in ("train", "val"):
+        build_cache(cfg, ctx, split, progress=False)
+    return cfg, ctx
+
+
+def _indices(loader) -> list[list[int]]:
+    return [b.index.tolist() for b in loader]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_train_shards_are_disjoint_with_equal_batch_counts(built, world):
+    cfg, ctx = built
+    per_rank = [_indices(create_loader(cfg, ctx, "train", True, r, world)) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == 30 // (4 * world)
+    flat = [i for batches in per_rank for b in batches for i in b]
+    assert len(flat) == len(set(flat))
+    assert set(flat) <= set(ctx.split("train").rows.tolist())
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_eval_shards_cover_every_sample_once(built, world):
+    cfg, ctx = built
+    per_rank = [_indices(create_loader(cfg, ctx, "val", False, r, world)) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1
+    flat = [i for batches in per_rank for b in batches for i in b]
+    assert sorted(set(flat)) == sorted(ctx.split("val").rows.tolist())
+
+
+def test_batches_match_the_cached_records(built):
+    cfg, ctx = built
+    from engine.data.cache import open_cache
+
+    reader = open_cache(cfg, ctx, "val")
+    data = ctx.split("val")
+    for b in create_loader(cfg, ctx, "val", False):
+        assert b.images.shape[1:] == (24, 24, 3) and b.images.is_contiguous() and b.needs_augment
+        for img, row, label, num in zip(b.images, b.index, b.labels, b.numeric):
+            p = int(np.flatnonzero(data.rows == int(row))[0])
+            np.testing.assert_array_equal(img.numpy(), reader.record(p))
+            assert int(label) == data.labels[p] and np.allclose(num.numpy(), data.numeric[p])
+
+
+def test_order_is_seeded_and_changes_with_epoch(built):
+    cfg, ctx = built
+    a, b = create_loader(cfg, ctx, "train", True), create_loader(cfg, ctx, "train", True)
+    first = _indices(a)
+    assert first == _indices(b)
+    assert _indices(a) != first  # the loader moved on to epoch 1
+    other = make_cfg(cfg.data.manifest, cfg.cache.dir, "--cache.stored_size=24", "--run.seed=1")
+    assert _indices(create_loader(other, ctx, "train", True)) != first
+
+
+def test_mid_epoch_resume_yields_the_remaining_batches(built):
+    cfg, ctx = built
+    full = create_loader(cfg, ctx, "train", True)
+    full.set_epoch(2)
+    expected = [(b.index.clone(), b.images.clone()) for b in full]
+    part = create_loader(cfg, ctx, "train", True)
+    part.set_epoch(2)
+    it = iter(part)
+    for _ in range(3):
+        next(it)
+    state = part.state_dict()
+    resumed = create_loader(cfg, ctx, "train", True)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(expected) - 3
+    for (idx, img), b in zip(expected[3:], rest):
+        assert idx.tolist() == b.index.tolist() and bool((img == b.images).all())

@@ -1,0 +1,100 @@
+"""Manifest validation: every problem names the file and the rows; seeded subsets are stable."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.data.config import DataConfig
+from engine.data.manifest import ManifestError, load_manifest, select_split
+
+HEADER = ["image", "text", "label", "split"]
+
+
+def _write(root: Path, rows: list[list[str]], header=HEADER) -> Path:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        if r and r[0] and not r[0].startswith(("..", "/")) and r[0] != "img/missing.jpg":
+            (root / r[0]).write_bytes(b"x")
+    path = root / "m.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _rows(n_train=4, n_val=2, label=lambda i: "ab"[i % 2]):
+    return [[f"img/{i}.jpg", f"t{i}", label(i), "train" if i < n_train else "val"] for i in range(n_train + n_val)]
+
+
+def _cfg(path, **kw) -> DataConfig:
+    return DataConfig(manifest=str(path), **kw)
+
+
+def test_missing_column_is_named(tmp_path):
+    path = _write(tmp_path, [r[:3] for r in _rows()], header=HEADER[:3])
+    with pytest.raises(ManifestError, match="column 'split' is missing from the header"):
+        load_manifest(_cfg(path))
+
+
+def test_nonexistent_images_are_counted_with_examples(tmp_path):
+    rows = _rows()
+    rows[1][0] = rows[3][0] = "img/missing.jpg"
+    with pytest.raises(ManifestError, match=r"2 image files do not exist.*line 3: img/missing.jpg; line 5: img/missing.jpg"):
+        load_manifest(_cfg(_write(tmp_path, rows)))
+
+
+def test_path_escaping_root_is_rejected(tmp_path):
+    rows = _rows()
+    rows[0][0] = "../outside.jpg"
+    with pytest.raises(ManifestError, match=r"1 image paths are empty, absolute or escape.*'../outside.jpg'"):
+        load_manifest(_cfg(_write(tmp_path / "data", rows)))
+
+
+def test_empty_label(tmp_path):
+    rows = _rows()
+    rows[2][2] = ""
+    with pytest.raises(ManifestError, match=r"1 rows have an empty label 'label' \(lines 4\)"):
+        load_manifest(_cfg(_write(tmp_path, rows)))
+
+
+def test_unknown_split(tmp_path):
+    rows = _rows()
+    rows[1][3] = "training"
+    with pytest.raises(ManifestError, match=r"unknown split.*line 3: 'training'"):
+        load_manifest(_cfg(_write(tmp_path, rows)))
+
+
+def test_split_with_no_rows(tmp_path):
+    with pytest.raises(ManifestError, match="split 'val' has no rows"):
+        load_manifest(_cfg(_write(tmp_path, _rows(n_val=0))))
+
+
+def test_integer_labels_map_in_numeric_order(tmp_path):
+    labels = ["10", "2", "-1", "2", "10", "2"]
+    m = load_manifest(_cfg(_write(tmp_path, _rows(label=lambda i: labels[i]))))
+    assert m.classes == ["-1", "2", "10"]
+    assert m.labels.tolist() == [2, 1, 0, 1, 2, 1]
+
+
+def test_seeded_subsets_are_deterministic(tmp_path):
+    m = load_manifest(_cfg(_write(tmp_path, _rows(n_train=40))))
+    a, b = select_split(m, "train", 10, seed=0), select_split(m, "train", 10, seed=0)
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 10
+    assert not np.array_equal(a, select_split(m, "train", 10, seed=1))
+    assert len(select_split(m, "train", None, seed=0)) == 40
+
+
+def test_integer_label_spellings_are_one_class(tmp_path):
+    labels = ["02", "2", "1", "01", "2", "1"]
+    m = load_manifest(_cfg(_write(tmp_path, _rows(label=lambda i: labels[i]))))
+    assert m.classes == ["1", "2"] and m.labels.tolist() == [1, 1, 0, 0, 1, 0]
+
+
+def test_mixed_labels_stay_textual(tmp_path):
+    labels = ["01", "a", "1", "a", "b", "01"]
+    m = load_manifest(_cfg(_write(tmp_path, _rows(label=lambda i: labels[i]))))
+    assert m.classes == ["01", "1", "a", "b"] and m.labels.tolist() == [0, 2, 1, 2, 3, 0]

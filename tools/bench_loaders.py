@@ -1,0 +1,249 @@
+"""Loader throughput on one data set, in one run (a script, not a test: timings are noisy).
+
+    python tools/bench_loaders.py --config CONFIG [--section.key=value ...] [--json OUT]
+                                  [--batches N] [--batch-size B] [--synthetic N] [--build]
+
+Loaders (the ``LOADERS`` registry: name -> function(cfg, ctx, args) -> images/s; add
+e.g. "dali_cpu" there):
+  pil             the reference: PIL decode + torchvision transforms in DataLoader workers
+  cache           the cache loader on the configured split's real cache (uint8 batches
+                  at cache.stored_size, ready for the device)
+  cache_synth     the cache loader on a synthetic cache of --synthetic records at
+                  --synthetic-size (default 256), written with the cache format by
+                  replicating real decoded demo records (page-cache resident)
+  cache+augment   cache_synth plus the CPU reference augmentation of ``kernels``
+                  (n/a when kernels is not installed)
+Also reported: the cache loader's RSS before/after a full pass over the synthetic
+cache, and with --build the per-core cache build speed against a full-size PIL decode + resize.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+LOADERS: dict[str, Callable] = {}
+EXTRA: dict = {}  # non-throughput figures (RSS, build speed) for the JSON
+
+
+def loader_bench(name: str):
+    def deco(fn):
+        LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def _rss() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "RssAnon", "RssFile")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0]) // 1024  # MiB
+    return out
+
+
+def _time_batches(loader, batches: int, warmup: int = 2) -> float:
+    """Images/s over ``batches`` batches after ``warmup``; loops over epochs as needed."""
+    done, images, t0 = 0, 0, None
+    while done < warmup + batches:
+        for b in loader:
+            if done == warmup:
+                t0 = time.perf_counter()
+            elif done > warmup:
+                images += b.size
+            done += 1
+            if done >= warmup + batches + 1:
+                break
+    return images / (time.perf_counter() - t0)
+
+
+@loader_bench("pil")
+def bench_pil(cfg, ctx, args) -> float:
+    from engine.data.loaders import create_loader
+
+    cfg.loader.backend = "pil"
+    n = min(args.pil_batches, len(ctx.split("train")) // cfg.loader.batch_size - 3)
+    return _time_batches(create_loader(cfg, ctx, "train", True), n, warmup=1)
+
+
+@loader_bench("cache")
+def bench_cache(cfg, ctx, args) -> float:
+    from engine.data.cache import build_cache
+    from engine.data.loaders import create_loader
+
+    build_cache(cfg, ctx, "train", progress=False)
+    cfg.loader.backend = "cache"
+    return _time_batches(create_loader(cfg, ctx, "train", True), args.batches)
+
+
+def synthetic_cache(cfg, ctx, folder: Path, n: int, size: int):
+    """A cache of ``n`` records at ``size`` in the real format: demo images decoded once, replicated."""
+    from engine.data.cache import CacheReader
+    from engine.data.cache import format as fmt
+    from engine.data.cache.decode import decode_resized
+
+    if (folder / fmt.METADATA).is_file() and json.loads((folder / fmt.METADATA).read_text())["count"] == n:
+        return CacheReader(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    data = ctx.split("train")
+    base = np.stack([decode_resized(p, size, cfg.cache.resize_policy, cfg.cache.draft) for p in data.paths[:64]])
+    stride = fmt.record_stride(size)
+    with open(folder / fmt.IMAGES, "wb") as f:
+        f.truncate(n * stride)
+    mm, view = fmt.open_records(folder / fmt.IMAGES, n, stride, writable=True)
+    src = np.arange(n) % len(base)
+    view[:, : fmt.record_bytes(size)] = base.reshape(len(base), -1)[src]
+    mm.flush()
+    sums = np.array([fmt.checksum(view[i, : fmt.record_bytes(size)]) for i in range(min(n, len(base)))], np.uint32)[src]
+    del view
+    mm.close()  # drop the writer's mapping so RSS below measures the loader alone
+    for name, dtype in fmt.FIELDS.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(getattr(data, name)[src % len(data)], dtype=dtype))
+    np.save(folder / fmt.CHECKSUMS, sums)
+    np.save(folder / fmt.GOOD, np.arange(n, dtype=np.int64))
+    (folder / fmt.REJECTS).write_text("record,row,path,reason\n")
+    meta = {"key": {"synthetic": True}, "count": n, "good": n, "stride": stride, "shape": [size, size, 3]}
+    (folder / fmt.METADATA).write_text(json.dumps(meta))
+    return CacheReader(folder)
+
+
+def _synth_loader(cfg, ctx, args):
+    from engine.data.cache.loader import CacheLoader
+
+    reader = synthetic_cache(cfg, ctx, Path(cfg.cache.dir) / f"synthetic-{args.synthetic}-{args.synthetic_size}", args.synthetic, args.synthetic_size)
+    return CacheLoader(reader, cfg.loader.batch_size, True, 0, 1, cfg.run.seed, cfg.loader.num_workers, cfg.loader.prefetch,
+                       cfg.loader.pin_memory)
+
+
+@loader_bench("cache_synth")
+def bench_cache_synth(cfg, ctx, args) -> float:
+    loader = _synth_loader(cfg, ctx, args)
+    list(loader)  # one pass: page cache warm, like a training run after its first epoch
+    rss_before = _rss()
+    t0 = time.perf_counter()
+    images = sum(b.size for b in loader)  # a full pass
+    rate = images / (time.perf_counter() - t0)
+    EXTRA["cache_synth_rss_mib"] = {"before_pass": rss_before, "after_pass": _rss(), "records": args.synthetic,
+                                    "cache_mib": args.synthetic * loader.reader.stride >> 20}
+    return rate
+
+
+@loader_bench("cache+augment")
+def bench_cache_augment(cfg, ctx, args) -> float | None:
+    try:
+        from kernels import Augmenter
+    except ImportError:
+        return None  # kernels not installed on this branch: reported as n/a
+    import torch
+
+    aug = Augmenter(cfg.augment, out_size=cfg.data.image_size, seed=cfg.run.seed, dtype=torch.float32)
+    loader = _synth_loader(cfg, ctx, args)
+    done, images, t0 = 0, 0, None
+    for b in loader:
+        aug.train(b.images, b.index, loader.epoch)
+        done += 1
+        if done == 2:
+            t0 = time.perf_counter()
+        elif done > 2:
+            images += b.size
+        if done >= args.batches + 2:
+            break
+    return images / (time.perf_counter() - t0)
+
+
+def bench_build(cfg, ctx, args) -> dict:
+    """Per core: full-size PIL decode + resize (what the PIL loader pays per sample) vs the cache's decode."""
+    from PIL import Image
+
+    from engine.data.cache import build_cache
+    from engine.data.cache.decode import decode_resized
+    from engine.data.reference import decode_rgb
+
+    paths = ctx.split("train").paths[: args.build_images]
+    size = cfg.cache.stored_size
+
+    def pil_full(p):
+        im = decode_rgb(p)
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BILINEAR)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)))
+
+    out = {}
+    for name, fn in (("pil_full_decode_resize", pil_full),
+                     ("cache_decode", lambda p: decode_resized(p, size, cfg.cache.resize_policy, cfg.cache.draft))):
+        fn(paths[0])
+        t0 = time.perf_counter()
+        for p in paths:
+            fn(p)
+        out[f"{name}_img_per_s_per_core"] = len(paths) / (time.perf_counter() - t0)
+    out["per_core_speedup"] = out["cache_decode_img_per_s_per_core"] / out["pil_full_decode_resize_img_per_s_per_core"]
+    cfg.cache.dir = str(Path(cfg.cache.dir) / "build-bench")
+    shutil.rmtree(cfg.cache.dir, ignore_errors=True)
+    ctx.split("train")  # tokenise outside the timed build
+    s = build_cache(cfg, ctx, "train", progress=False)
+    out["full_build_img_per_s_all_cores"] = s.decoded / s.seconds
+    out["build_workers"] = cfg.cache.workers or os.cpu_count()
+    out["images"] = len(paths)
+    out["stored_size"] = size
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--json", help="write {loader: images/s, ...} here")
+    p.add_argument("--batches", type=int, default=200, help="timed batches per cache loader")
+    p.add_argument("--pil-batches", type=int, default=8, help="timed batches of the (slow) PIL loader")
+    p.add_argument("--batch-size", type=int, help="override loader.batch_size")
+    p.add_argument("--synthetic", type=int, default=20000, help="records in the synthetic cache")
+    p.add_argument("--synthetic-size", type=int, default=256, help="stored size of the synthetic cache")
+    p.add_argument("--only", nargs="*", help=f"subset of {list(LOADERS)}")
+    p.add_argument("--build", action="store_true", help="also measure cache build speed per core")
+    p.add_argument("--build-images", type=int, default=48)
+    args, overrides = p.parse_known_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from engine.config import load_config
+    from engine.data.dataset import DataContext
+
+    cfg = load_config(args.config, overrides)
+    if args.batch_size:
+        cfg.loader.batch_size = args.batch_size
+    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length)
+    results: dict = {}
+    for name, fn in LOADERS.items():
+        if args.only and name not in args.only:
+            continue
+        rate = fn(cfg, ctx, args)
+        results[name] = None if rate is None else round(rate, 1)
+        print(f"{name:>14}: {'n/a' if rate is None else f'{rate:,.0f} images/s'}", flush=True)
+    if results.get("pil") and results.get("cache"):
+        print(f"cache / pil: {results['cache'] / results['pil']:,.0f}x")
+    if results.get("pil") and results.get("cache_synth"):
+        print(f"cache_synth / pil: {results['cache_synth'] / results['pil']:,.0f}x")
+    if args.build:
+        EXTRA["build"] = bench_build(cfg, ctx, args)
+    for k, v in EXTRA.items():
+        print(f"{k}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**results, "_extra": EXTRA, "_batch_size": cfg.loader.batch_size}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Build (or resume, or verify) the decode caches of the configured splits.
+
+    python tools/build_cache.py --config CONFIG [--section.key=value ...] [--verify]
+
+Builds ``cache.splits`` into ``cache.dir`` (see engine/data/cache/). A killed
+build resumes where it stopped when run again. ``--verify`` checks every record
+of the existing caches against its checksum instead of building.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML recipe")
+    p.add_argument("--verify", action="store_true", help="check every record of the existing caches against its checksum")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args, overrides = p.parse_known_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from engine.config import load_config
+    from engine.data.cache import CacheError, build_cache, cache_dir, cache_key, verify_cache
+    from engine.data.dataset import DataContext
+
+    cfg = load_config(args.config, overrides)
+    splits = tuple(cfg.cache.splits)
+    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
+                      required_splits=tuple(s for s in ("train",) + splits if s))
+    status = 0
+    for split in splits:
+        try:
+            if args.verify:
+                folder = cache_dir(cfg, cache_key(cfg, ctx, split))
+                if not folder.is_dir():
+                    raise CacheError(f"no {split} cache at {folder}; build it first")
+                report = verify_cache(folder)
+                print(report.line())
+                status |= bool(report.bad)
+            else:
+                print(build_cache(cfg, ctx, split, progress=not args.no_progress).line())
+        except CacheError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
