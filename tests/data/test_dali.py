@@ -195,6 +195,32 @@ def test_dali_cache_pipeline(ctx, train):
         np.testing.assert_array_equal(np.unique(allidx), np.sort(np.delete(data.rows, 5)))
 
 
+def test_dali_cache_backend_on_a_real_cache(tmp_path):
+    """create_loader(backend=dali_cache) on a cache built by the cache writer: pairing, coverage."""
+    from engine.config import load_config
+    from engine.data.cache import build_cache
+    from engine.data.loaders import create_loader
+
+    manifest = write_dataset(tmp_path / "data", n_train=12, n_val=7)
+    cfg = load_config(None, [f"--data.manifest={manifest}", f"--cache.dir={tmp_path / 'cache'}", "--data.text_column=null",
+                             "--model.text_encoder=null", "--data.numeric_columns=[age]", "--data.categorical_columns=[site]",
+                             f"--data.image_size={SIZE}", "--cache.stored_size=24", "--cache.workers=1",
+                             "--loader.backend=dali_cache", "--loader.batch_size=4", "--loader.num_workers=1",
+                             "--augment.hue=0.0", "--augment.saturation=0.3"])
+    ctx = DataContext(cfg.data, cfg.run.seed, None, 0)
+    for split, train in (("train", True), ("val", False)):
+        build_cache(cfg, ctx, split, progress=False)
+        data = ctx.split(split)
+        loader = create_loader(cfg, ctx, split, train)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        for b in batches:
+            check_batch(b, data)
+        idx = np.concatenate([b.index.numpy() for b in batches])
+        expected = len(data) // 4 * 4 if train else len(data)
+        assert len(idx) == expected and len(np.unique(idx)) == expected
+
+
 def test_decode_settings_follow_the_card(monkeypatch):
     from engine.config import Config
     from engine.data.dali.loader import decode_settings
