@@ -263,3 +263,11 @@ def test_training_smoke(tmp_path):
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert list((tmp_path / "runs").glob("*/summary.json"))
+
+
+def test_missing_dali_says_what_to_install(monkeypatch):
+    from engine.data.dali.pipelines import import_dali
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # makes `from nvidia.dali import ...` fail
+    with pytest.raises(ImportError, match="pip install nvidia-dali"):
+        import_dali()
