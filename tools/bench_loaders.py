@@ -13,6 +13,10 @@ e.g. "dali_cpu" there):
                   replicating real decoded demo records (page-cache resident)
   cache+augment   cache_synth plus the CPU reference augmentation of ``kernels``
                   (n/a when kernels is not installed)
+  dali_cpu        loader.backend=dali: DALI file reader + decode + augment on DALI's CPU
+                  operators (float NCHW out; n/a without nvidia-dali)
+  dali_cache_cpu  loader.backend=dali_cache: the real cache fed to DALI through
+                  external_source, augmented by DALI's CPU operators (n/a without nvidia-dali)
 Also reported: the cache loader's RSS before/after a full pass over the synthetic
 cache, and with --build the per-core cache build speed against a full-size PIL decode + resize.
 """
@@ -163,6 +167,37 @@ def bench_cache_augment(cfg, ctx, args) -> float | None:
     return images / (time.perf_counter() - t0)
 
 
+def _dali_installed() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@loader_bench("dali_cpu")
+def bench_dali_cpu(cfg, ctx, args) -> float | None:
+    from engine.data.loaders import create_loader
+
+    if not _dali_installed():
+        return None
+    cfg.loader.backend = "dali"
+    n = min(4 * args.pil_batches, len(ctx.split("train")) // cfg.loader.batch_size - 3)
+    return _time_batches(create_loader(cfg, ctx, "train", True), n, warmup=1)
+
+
+@loader_bench("dali_cache_cpu")
+def bench_dali_cache_cpu(cfg, ctx, args) -> float | None:
+    from engine.data.cache import build_cache
+    from engine.data.loaders import create_loader
+
+    if not _dali_installed():
+        return None
+    build_cache(cfg, ctx, "train", progress=False)
+    cfg.loader.backend = "dali_cache"
+    return _time_batches(create_loader(cfg, ctx, "train", True), min(args.batches, 60))
+
+
 def bench_build(cfg, ctx, args) -> dict:
     """Per core: full-size PIL decode + resize (what the PIL loader pays per sample) vs the cache's decode."""
     from PIL import Image
@@ -236,6 +271,9 @@ def main(argv=None) -> int:
         print(f"cache / pil: {results['cache'] / results['pil']:,.0f}x")
     if results.get("pil") and results.get("cache_synth"):
         print(f"cache_synth / pil: {results['cache_synth'] / results['pil']:,.0f}x")
+    for name in ("dali_cpu", "dali_cache_cpu"):
+        if results.get("pil") and results.get(name):
+            print(f"{name} / pil: {results[name] / results['pil']:,.1f}x")
     if args.build:
         EXTRA["build"] = bench_build(cfg, ctx, args)
     for k, v in EXTRA.items():

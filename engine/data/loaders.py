@@ -46,6 +46,20 @@ def _cache(cfg, ctx, split, train, rank, world, weights):
     return create_cache_loader(cfg, ctx, split, train, rank, world, weights)
 
 
+@register_backend("dali")
+def _dali(cfg, ctx, split, train, rank, world, weights):
+    from engine.data.dali.loader import create_dali_loader  # imports nvidia.dali lazily, with an install hint
+
+    return create_dali_loader(cfg, ctx, split, train, rank, world, weights)
+
+
+@register_backend("dali_cache")
+def _dali_cache(cfg, ctx, split, train, rank, world, weights):
+    from engine.data.dali.loader import create_dali_cache_loader
+
+    return create_dali_cache_loader(cfg, ctx, split, train, rank, world, weights)
+
+
 def _cuda() -> bool:
     import torch
 
