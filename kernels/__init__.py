@@ -7,6 +7,7 @@ Triton is imported only when the Triton implementation is used.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Optional
 
@@ -54,7 +55,10 @@ class Augmenter:
         if self.impl not in ("reference", "triton"):
             raise ValueError(f"Augmenter impl={self.impl!r}: choose 'reference' or 'triton'")
         log.info("augmentation: %s implementation on %s", self.impl, info.name)
-        self._apply = apply_triton if self.impl == "triton" else apply_reference
+        if self.impl == "triton":
+            self._apply = apply_triton
+        else:
+            self._apply = functools.partial(apply_reference, compile=cfg.compile_reference)
         self._jitter = (cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0)
 
     def _check(self, images: torch.Tensor) -> None:

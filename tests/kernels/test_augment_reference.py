@@ -76,3 +76,13 @@ def test_output_dtype_and_layout(dtype, channels_last):
     out = apply_reference(images, params, 12, cfg.mean, cfg.std, dtype=dtype, channels_last=channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert out.dtype == dtype and out.shape == (2, 3, 12, 12) and out.is_contiguous(memory_format=fmt)
+
+
+def test_compiled_reference_equals_eager():
+    """torch.compile of the reference (the CPU fast path) computes the same function."""
+    cfg = AugmentConfig(hue=0.1, grayscale=0.5, erasing=0.5)
+    images = torch.randint(0, 256, (6, 30, 26, 3), dtype=torch.uint8)
+    params = sample_params(cfg, 0, 0, torch.arange(6), (30, 26), 16)
+    eager = apply_reference(images, params, 16, cfg.mean, cfg.std)
+    compiled = apply_reference(images, params, 16, cfg.mean, cfg.std, compile=True)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
