@@ -89,7 +89,13 @@ class TextEncoder(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         # use_reentrant=False: gradients pass through checkpointed layers even when they are frozen
-        if enable:
+        # transformers >= 5.x renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn)
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            if enable:
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.activation_checkpointing_disable()
+        elif enable:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             self.model.gradient_checkpointing_disable()
