@@ -95,7 +95,7 @@ def _grads(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnet18"])
+@pytest.mark.parametrize("name", ["resnet50", "test_resnet"])  # torchvision and timm paths
 def test_grad_checkpointing_gives_same_gradients(name):
     torch.manual_seed(0)
     plain, _ = create_backbone(name)
