@@ -35,8 +35,8 @@ def test_gathered_info_nce_matches_the_global_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork: the workers need no fresh interpreter (spawn would re-import torch, seconds on 2 cores)
-    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a forked child inherits the parent's OpenMP pool and can hang in its first matmul
+    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     image, text = _data()
     image.requires_grad_(True)

@@ -186,3 +186,12 @@ def test_bf16_model_fuses_in_bf16(tiny_bert):
 def test_tokenizer_name_points_at_the_encoder(tiny_bert):
     assert make(tiny_bert).tokenizer_name == tiny_bert
     assert make(tiny_bert, text_encoder=None).tokenizer_name is None
+
+
+def test_sigmoid_gates_mask_and_train(tiny_bert):
+    model = make(tiny_bert, fusion="gated", gate="sigmoid", mask_modalities=["text"])
+    train_step(model)
+    assert params_without_grad(model) == []
+    with torch.no_grad():
+        out = model.eval()(*inputs())
+    assert out.modality_weights[:, 1].eq(0).all() and out.modality_weights.gt(0).sum() > 0
