@@ -1,36 +1,139 @@
-"""Vision backbones by name: ``create_backbone(name) -> (module, feature_dim)``."""
+"""Vision backbones by name: ``create_backbone(name) -> (module, feature_dim)``.
+
+Every backbone maps normalised float images [B,3,H,W] to pooled features
+[B, feature_dim]. ``resnet50`` is torchvision's own model; every other name goes
+through timm (imported lazily, ``num_classes=0``).
+"""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-# Friendly alias -> pinned timm name. Anything else is passed to timm as is.
-ALIASES: dict[str, str] = {
-    "resnet18": "resnet18",
-    "convnextv2_tiny": "convnextv2_tiny.fcmae_ft_in22k_in1k",
-    "efficientnet_b0": "efficientnet_b0.ra_in1k",
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be fetched or do not fit the model."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    timm_name: Optional[str]  # pinned timm name (with pretrained tag); None = torchvision resnet50
+    feature_dim: int  # size of the pooled features
+    size_multiple: int = 32  # input height and width must be multiples of this
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec(None, 2048),  # torchvision, IMAGENET1K_V2
+    "resnet18": BackboneSpec("resnet18.a1_in1k", 512),
+    "resnet50_timm": BackboneSpec("resnet50.a1_in1k", 2048),
+    "convnextv2_tiny": BackboneSpec("convnextv2_tiny.fcmae_ft_in22k_in1k", 768),
+    "convnextv2_base": BackboneSpec("convnextv2_base.fcmae_ft_in22k_in1k", 1024),
+    "efficientnet_b0": BackboneSpec("efficientnet_b0.ra_in1k", 1280),
+    "efficientnet_b1": BackboneSpec("efficientnet_b1.ft_in1k", 1280),
+    "efficientnetv2_s": BackboneSpec("tf_efficientnetv2_s.in21k_ft_in1k", 1280),
+    "densenet121": BackboneSpec("densenet121.tv_in1k", 1024),
+    "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2.lvd142m", 384, 14, {"dynamic_img_size": True}),
+    "vit_b16": BackboneSpec("vit_base_patch16_224.augreg2_in21k_ft_in1k", 768, 16, {"dynamic_img_size": True}),
+    "siglip_vitb16": BackboneSpec("vit_base_patch16_siglip_224.webli", 768, 16, {"dynamic_img_size": True}),
 }
 
+# Classifier prefixes of the source models; their weights are dropped from a checkpoint.
+_CLASSIFIER_PREFIXES = ("fc", "head", "classifier", "last_linear")
 
-def create_backbone(name: str, pretrained: bool = False, pretrained_path: Optional[str] = None) -> tuple[nn.Module, int]:
-    """Build an image backbone that maps [B,3,H,W] to pooled features [B, feature_dim]."""
-    if name == "resnet50":
-        import torchvision
 
-        model = torchvision.models.resnet50(weights="IMAGENET1K_V2" if pretrained and not pretrained_path else None)
-        dim = model.fc.in_features
-        model.fc = nn.Identity()
-    else:
-        import timm
+def resolve_backbone(name: str) -> BackboneSpec:
+    """Registry alias -> spec; any other timm model name passes through as is."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    import timm
 
-        timm_name = ALIASES.get(name, name)
-        if not timm.is_model(timm_name.split(".")[0]):
-            raise ValueError(f"model.backbone={name!r} is unknown; known aliases: {sorted(ALIASES) + ['resnet50']} (or any timm model name)")
-        model = timm.create_model(timm_name, pretrained=pretrained and not pretrained_path, num_classes=0)
-        dim = model.num_features
+    if timm.is_model(name):
+        return BackboneSpec(name, feature_dim=0)  # dim read from the built model
+    raise ValueError(f"model.backbone={name!r} is unknown; known: {sorted(BACKBONES)} (or any timm model name)")
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = False,
+    pretrained_path: Optional[str] = None,
+    grad_checkpointing: bool = False,
+) -> tuple[nn.Module, int]:
+    """Build backbone ``name``; weights from ``pretrained_path`` if set, else the hub if ``pretrained``."""
+    spec = resolve_backbone(name)
+    from_hub = pretrained and not pretrained_path
+    try:
+        model, dim = _build(spec, from_hub)
+    except OSError as e:  # no network / offline hub / missing cache: say which weights and what to do
+        weights = spec.timm_name or "torchvision ResNet50_Weights.IMAGENET1K_V2"
+        raise PretrainedWeightsError(
+            f"model.backbone={name!r}: could not fetch pretrained weights {weights!r} ({type(e).__name__}: {e}). "
+            f"If this machine is offline, download the weights elsewhere and set model.pretrained_path=/path/to/checkpoint "
+            f"(or model.pretrained=false for random init)."
+        ) from e
+    if spec.feature_dim and dim != spec.feature_dim:
+        raise AssertionError(f"backbone {name!r} gives {dim} features, registry declares {spec.feature_dim}")
     if pretrained_path:
-        state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state), strict=False)
+        load_checkpoint(model, pretrained_path)
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
     return model, dim
+
+
+def _build(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, int]:
+    if spec.timm_name is None:
+        from engine.models._torchvision import resnet50
+
+        return resnet50(pretrained)
+    import timm
+
+    model = timm.create_model(spec.timm_name, pretrained=pretrained, num_classes=0, **spec.kwargs)
+    return model, model.num_features
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a local backbone checkpoint, strict except for the source model's classifier.
+
+    Accepts a plain state dict, ``{"state_dict"|"model": ...}`` wrappers, ``module.``
+    prefixes and ``.safetensors`` files. Missing or unexpected keys raise, naming them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained_path={str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or k.split(".")[0] not in _CLASSIFIER_PREFIXES}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise PretrainedWeightsError(f"model.pretrained_path={str(path)!r} does not fit the backbone: {e}") from e
+    if missing or unexpected:
+        raise PretrainedWeightsError(
+            f"model.pretrained_path={str(path)!r} does not match the backbone: "
+            f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}"
+        )
+
+
+def backbone_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Parameter name -> depth (0 = stem), and the number of depths, for layer-wise LR decay."""
+    if hasattr(model, "layer_ids"):
+        return model.layer_ids()
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        groups = group_parameters(model, model.group_matcher(coarse=False))
+        ids = {name: int(lid) for lid, names in groups.items() for name in names}
+        return ids, max(ids.values()) + 1
+    return {name: 0 for name, _ in model.named_parameters()}, 1

@@ -1,43 +1,88 @@
-"""The fusion classifier: image, text and tabular branches, fused, then a classifier head."""
+"""The fusion classifier: image, text and tabular branches, fused, then a classifier head.
+
+Modality masking (training-time ``modality_dropout`` and evaluation-time
+``mask_modalities``) multiplies features by a [B, M] mask instead of skipping a
+branch, so every parameter takes part in every step (DeepSpeed ZeRO waits forever
+for a gradient that never comes).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from engine.models.backbones import create_backbone
+from engine.models.backbones import backbone_layer_ids, create_backbone
 from engine.models.config import ModelConfig
+from engine.models.contrastive import ContrastiveHead, info_nce
+from engine.models.fusers import create_fuser
 from engine.models.tabular import TabularMLP
 from engine.models.text import TextEncoder
 
 
 @dataclass
 class FusionOutput:
-    logits: torch.Tensor  # [B, C]
-    aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # per-modality heads
+    logits: torch.Tensor  # [B, C], in the model's compute dtype (the trainer casts to fp32)
+    aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # per-modality heads [B, C] (aux_loss_weight > 0)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # "image"/"text" normalised [B, contrastive_dim]
+    logit_scale: Optional[torch.Tensor] = None  # contrastive temperature (scalar), with the embeddings
+    modality_weights: Optional[torch.Tensor] = None  # [B, M] fusion weights/gates (weighted_sum, gated)
+
+
+# Top-level submodule -> param group name (see FusionModel.param_groups).
+_GROUP_OF = {"image": "backbone", "text": "text", "tabular": "tabular", "fuser": "fusion", "contrastive": "fusion", "head": "head", "aux_heads": "head"}
+
+
+def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with class indices [B] or class probabilities [B, C] (mixup / cutmix)."""
+    return F.cross_entropy(logits.float(), labels.float() if labels.is_floating_point() else labels)
 
 
 class FusionModel(nn.Module):
-    """Takes normalised float images [B,3,H,W], token ids/mask, numeric and categorical tensors."""
+    """Takes normalised float images [B,3,H,W], token ids/mask [B,L], numeric [B,N] and categorical [B,K] tensors.
+
+    Inputs of a switched-off branch are ignored (pass empty tensors). ``self.modalities``
+    lists the active branches in the order of the mask and the fusion weights.
+    """
+
+    frozen: bool = False
 
     def __init__(self, cfg: ModelConfig, num_classes: int, num_numeric: int = 0, cardinalities: Optional[list[int]] = None):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        dims = {}
+        self.mask_modalities = list(cfg.mask_modalities)  # evaluation-time masking; change freely for ablations
+        dims: dict[str, int] = {}
         if cfg.backbone:
-            self.image, dims["image"] = create_backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path)
+            self.image, dims["image"] = create_backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path, cfg.grad_checkpointing)
         if cfg.text_encoder:
-            self.text = TextEncoder(cfg.text_encoder, cfg.text_pooling)
+            self.text = TextEncoder(cfg.text_encoder, cfg.text_pooling, cfg.grad_checkpointing)
             dims["text"] = self.text.dim
         if cfg.use_tabular and (num_numeric or cardinalities):
             self.tabular = TabularMLP(num_numeric, cardinalities or [], cfg.tabular_hidden, cfg.dropout)
             dims["tabular"] = self.tabular.dim
+        if not dims:
+            raise ValueError("model: no modality left (use_tabular=true but the data has no tabular columns)")
         self.modalities = list(dims)
-        fused = sum(dims.values())
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(fused, cfg.fusion_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, num_classes))
+        self.fuser = create_fuser(cfg.fusion, list(dims.values()), cfg.fusion_dim, cfg.gate)
+        self.head = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(self.fuser.out_dim, cfg.fusion_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, num_classes)
+        )
+        if cfg.aux_loss_weight > 0:
+            self.aux_heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
+        if cfg.contrastive_weight > 0:
+            self.contrastive = ContrastiveHead(dims["image"], dims["text"], cfg.contrastive_dim)
+
+    # --- what the data pipeline needs to know ------------------------------------------------
+
+    @property
+    def tokenizer_name(self) -> Optional[str]:
+        """Loadable name/path of the text encoder's tokenizer (for ``text.load_tokenizer``), None without text."""
+        return self.text.path if "text" in self.modalities else None
+
+    # --- forward -------------------------------------------------------------------------------
 
     def features(self, images, input_ids, attention_mask, numeric, categorical) -> dict[str, torch.Tensor]:
         feats = {}
@@ -49,7 +94,107 @@ class FusionModel(nn.Module):
             feats["tabular"] = self.tabular(numeric, categorical)
         return feats
 
+    def modality_mask(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[B, M] of 1 (keep) / 0 (mask): random per sample in training, ``mask_modalities`` in evaluation."""
+        mask = torch.ones(batch_size, len(self.modalities), device=device, dtype=dtype)
+        if self.training and self.cfg.modality_dropout > 0:
+            droppable = torch.tensor([m in self.cfg.modality_dropout_on for m in self.modalities], device=device)
+            drop = (torch.rand(batch_size, len(self.modalities), device=device) < self.cfg.modality_dropout) & droppable
+            # never mask every modality of a sample: give one back, chosen at random
+            all_gone = drop.all(dim=1)
+            keep = torch.randint(len(self.modalities), (batch_size,), device=device)
+            drop &= ~(all_gone.unsqueeze(1) & F.one_hot(keep, len(self.modalities)).bool())
+            mask = (~drop).to(dtype)
+        elif not self.training:
+            for i, m in enumerate(self.modalities):
+                if m in self.mask_modalities:
+                    mask[:, i] = 0
+        return mask
+
     def forward(self, images, input_ids, attention_mask, numeric, categorical) -> FusionOutput:
         feats = self.features(images, input_ids, attention_mask, numeric, categorical)
-        fused = torch.cat([feats[m].float() for m in self.modalities], dim=1)
-        return FusionOutput(logits=self.head(fused.to(self.head[1].weight.dtype)))
+        dtype = feats[self.modalities[0]].dtype  # fuse in the branches' dtype, no upcast
+        raw = [feats[m].to(dtype) for m in self.modalities]
+        mask = self.modality_mask(raw[0].shape[0], raw[0].device, dtype)
+        fused, weights = self.fuser([f * mask[:, i : i + 1] for i, f in enumerate(raw)], mask)
+        out = FusionOutput(logits=self.head(fused), modality_weights=weights)
+        # Auxiliary heads and the contrastive loss see the unmasked features: they train each branch on its own.
+        if hasattr(self, "aux_heads"):
+            out.aux_logits = {m: self.aux_heads[m](f) for m, f in zip(self.modalities, raw)}
+        if hasattr(self, "contrastive"):
+            image, text, out.logit_scale = self.contrastive(feats["image"], feats["text"])
+            out.embeddings = {"image": image, "text": text}
+        return out
+
+    def auxiliary_losses(self, out: FusionOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Already-weighted scalar losses to add to the classification loss.
+
+        ``aux_<modality>``: cross-entropy of each auxiliary head x aux_loss_weight (each, not averaged);
+        ``contrastive``: image-text InfoNCE x contrastive_weight. Labels are class indices [B] or
+        probabilities [B, C]. Empty when both weights are 0.
+        """
+        losses = {}
+        if self.cfg.aux_loss_weight > 0:
+            for m, logits in out.aux_logits.items():
+                losses[f"aux_{m}"] = self.cfg.aux_loss_weight * soft_cross_entropy(logits, labels)
+        if self.cfg.contrastive_weight > 0 and out.embeddings:
+            losses["contrastive"] = self.cfg.contrastive_weight * info_nce(out.embeddings["image"], out.embeddings["text"], out.logit_scale)
+        return losses
+
+    # --- training stages -----------------------------------------------------------------------
+
+    def _encoders(self) -> Iterator[nn.Module]:
+        for name in ("image", "text"):
+            if name in self.modalities:
+                yield getattr(self, name)
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) the image backbone and text encoder; frozen, their norm statistics stay fixed."""
+        self.frozen = frozen
+        for encoder in self._encoders():
+            encoder.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FusionModel":
+        super().train(mode)
+        if self.frozen:  # frozen encoders must not update BatchNorm running statistics
+            for encoder in self._encoders():
+                for module in encoder.modules():
+                    if isinstance(module, nn.modules.batchnorm._NormBase):
+                        module.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute backbone / text encoder activations in backward (non-reentrant: frozen parts pass gradients on)."""
+        for encoder in self._encoders():
+            encoder.set_grad_checkpointing(enable)
+
+    def param_groups(self) -> list[dict]:
+        """Every parameter (trainable now or after unfreezing) in exactly one group.
+
+        Each group: ``name`` (backbone, text, tabular, fusion, head), ``params``, ``lr_scale``
+        (model.backbone_lr_scale / text_lr_scale, else 1), ``layer_id`` (depth in its module,
+        0 = input side, num_layers - 1 = output side; None for modules without depth),
+        ``num_layers``, and ``no_weight_decay`` (biases, norms, scalars, position embeddings).
+        Layer-wise decay: lr * lr_scale * decay ** (num_layers - 1 - layer_id).
+        """
+        depth: dict[str, tuple[dict[str, int], int]] = {}
+        if "image" in self.modalities:
+            depth["backbone"] = backbone_layer_ids(self.image)
+        if "text" in self.modalities:
+            depth["text"] = self.text.layer_ids()
+        lr_scale = {"backbone": self.cfg.backbone_lr_scale, "text": self.cfg.text_lr_scale}
+        no_decay_names = set(self.image.no_weight_decay()) if hasattr(getattr(self, "image", None), "no_weight_decay") else set()
+
+        groups: dict[tuple, dict] = {}
+        for full_name, param in self.named_parameters():
+            top, _, local = full_name.partition(".")
+            name = _GROUP_OF[top]  # KeyError here = a new submodule that needs a group
+            ids, num_layers = depth.get(name, ({}, 1))
+            layer_id = ids.get(local) if name in depth else None
+            no_decay = param.ndim <= 1 or (top == "image" and local in no_decay_names)
+            key = (name, layer_id, no_decay)
+            if key not in groups:
+                groups[key] = {"name": name, "params": [], "lr_scale": lr_scale.get(name, 1.0), "layer_id": layer_id, "num_layers": num_layers, "no_weight_decay": no_decay}
+            groups[key]["params"].append(param)
+        return list(groups.values())

@@ -1,0 +1,107 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from engine.models.backbones import BACKBONES, PretrainedWeightsError, backbone_layer_ids, create_backbone
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_registry_builds_with_declared_feature_size(name):
+    spec = BACKBONES[name]
+    model, dim = create_backbone(name, pretrained=False)
+    assert dim == spec.feature_dim
+    size = 2 * spec.size_multiple if spec.size_multiple < 32 else 64
+    model.eval()
+    with torch.no_grad():
+        feats = model(torch.randn(2, 3, size, size))
+    assert feats.shape == (2, dim)
+    ids, num_layers = backbone_layer_ids(model)
+    assert set(ids) == {n for n, _ in model.named_parameters()}
+    assert num_layers > 1 and set(ids.values()) <= set(range(num_layers))
+
+
+def test_unknown_backbone_lists_known_names():
+    with pytest.raises(ValueError, match="convnextv2_tiny") as e:
+        create_backbone("resnet5O")
+    assert "resnet5O" in str(e.value)
+
+
+def test_raw_timm_name_passes_through():
+    model, dim = create_backbone("test_resnet")
+    assert dim == model.num_features
+
+
+def test_resnet50_is_torchvisions_model():
+    import torchvision
+
+    reference = torchvision.models.resnet50()
+    ours, dim = create_backbone("resnet50")
+    assert dim == 2048
+    expected_keys = [k for k in reference.state_dict() if not k.startswith("fc.")]
+    assert list(ours.state_dict()) == expected_keys
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")})
+    reference.fc = nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), reference.eval()(x))
+
+
+def test_local_checkpoint_loads(tmp_path):
+    source, _ = create_backbone("resnet18")
+    # wrapped and prefixed like a DDP training checkpoint, with the source classifier still in it
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    state["module.fc.weight"] = torch.zeros(10, 512)
+    torch.save({"state_dict": state}, tmp_path / "ckpt.pth")
+    loaded, _ = create_backbone("resnet18", pretrained_path=str(tmp_path / "ckpt.pth"))
+    for (k, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_local_checkpoint_mismatch_names_keys(tmp_path):
+    source, _ = create_backbone("resnet18")
+    state = source.state_dict()
+    state.pop("layer4.1.bn2.weight")
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(PretrainedWeightsError, match="layer4.1.bn2.weight") as e:
+        create_backbone("resnet18", pretrained_path=str(tmp_path / "bad.pth"))
+    assert "extra.weight" in str(e.value)
+
+
+def test_offline_pretrained_request_fails_clearly():
+    with pytest.raises(PretrainedWeightsError) as e:
+        create_backbone("resnet18", pretrained=True)
+    message = str(e.value)
+    assert "resnet18.a1_in1k" in message and "model.pretrained_path" in message
+
+
+def test_offline_torchvision_pretrained_fails_clearly():
+    from pathlib import Path
+
+    from torchvision.models import ResNet50_Weights
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / ResNet50_Weights.IMAGENET1K_V2.url.rsplit("/", 1)[1]
+    if cached.exists():
+        pytest.skip("torchvision weights are cached on this machine")
+    with pytest.raises(PretrainedWeightsError, match="model.pretrained_path"):
+        create_backbone("resnet50", pretrained=True)
+
+
+def _grads(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model(x).square().mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "test_resnet"])  # torchvision and timm paths
+def test_grad_checkpointing_gives_same_gradients(name):
+    torch.manual_seed(0)
+    plain, _ = create_backbone(name)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    expected, got = _grads(plain.train(), x), _grads(checkpointed.train(), x)
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-6, msg=n)
