@@ -28,8 +28,6 @@ class ModelConfig:
     contrastive_weight: float = 0.0  # CLIP-style image-text InfoNCE loss weight (0 = off)
     contrastive_dim: int = 128
     grad_checkpointing: bool = False  # backbone and text encoder recompute activations
-    backbone_lr_scale: float = 1.0  # extra lr factor of the image backbone's param groups (on top of optim.*)
-    text_lr_scale: float = 1.0  # extra lr factor of the text encoder's param groups (on top of optim.*)
 
     def __post_init__(self):
         for key in ("mask_modalities", "modality_dropout_on"):
@@ -45,7 +43,7 @@ class ModelConfig:
         for key in ("text_max_length", "tabular_hidden", "fusion_dim", "contrastive_dim"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
-        for key in ("aux_loss_weight", "contrastive_weight", "backbone_lr_scale", "text_lr_scale"):
+        for key in ("aux_loss_weight", "contrastive_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"model.{key} must be >= 0, got {getattr(self, key)}")
         if self.contrastive_weight > 0 and (self.backbone is None or self.text_encoder is None):

@@ -169,11 +169,11 @@ class FusionModel(nn.Module):
         for encoder in self._encoders():
             encoder.set_grad_checkpointing(enable)
 
-    def param_groups(self) -> list[dict]:
+    def param_groups(self, lr_scales: Optional[dict[str, float]] = None) -> list[dict]:
         """Every parameter (trainable now or after unfreezing) in exactly one group.
 
         Each group: ``name`` (backbone, text, tabular, fusion, head), ``params``, ``lr_scale``
-        (model.backbone_lr_scale / text_lr_scale, else 1), ``layer_id`` (depth in its module,
+        (``lr_scales[name]``, else 1; the trainer passes optim.backbone_lr_scale / text_lr_scale), ``layer_id`` (depth in its module,
         0 = input side, num_layers - 1 = output side; None for modules without depth),
         ``num_layers``, and ``no_weight_decay`` (biases, norms, scalars, position embeddings).
         Layer-wise decay: lr * lr_scale * decay ** (num_layers - 1 - layer_id).
@@ -183,7 +183,7 @@ class FusionModel(nn.Module):
             depth["backbone"] = backbone_layer_ids(self.image)
         if "text" in self.modalities:
             depth["text"] = self.text.layer_ids()
-        lr_scale = {"backbone": self.cfg.backbone_lr_scale, "text": self.cfg.text_lr_scale}
+        lr_scale = lr_scales or {}
         no_decay_names = set(self.image.no_weight_decay()) if hasattr(getattr(self, "image", None), "no_weight_decay") else set()
 
         groups: dict[tuple, dict] = {}

@@ -109,9 +109,9 @@ def test_set_frozen_freezes_encoders_and_keeps_bn_in_eval(tiny_bert):
 
 @pytest.mark.parametrize("fusion", sorted(FUSERS))
 def test_param_groups_cover_every_parameter_once(tiny_bert, fusion):
-    model = make(tiny_bert, fusion=fusion, aux_loss_weight=0.1, contrastive_weight=0.1, backbone_lr_scale=0.1, text_lr_scale=0.5)
+    model = make(tiny_bert, fusion=fusion, aux_loss_weight=0.1, contrastive_weight=0.1)
     model.set_frozen(True)  # frozen parameters still get a group: they are trained after unfreezing
-    groups = model.param_groups()
+    groups = model.param_groups({"backbone": 0.1, "text": 0.5})
     seen = [id(p) for g in groups for p in g["params"]]
     assert len(seen) == len(set(seen)) and set(seen) == {id(p) for p in model.parameters()}
     assert {g["name"] for g in groups} == {"backbone", "text", "tabular", "fusion", "head"}
