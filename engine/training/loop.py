@@ -24,7 +24,7 @@ from engine.training.optim import loss_class_weights
 from engine.training.run_dir import RunDir, provenance
 from engine.training.stages import apply_train_mode, stage_epochs, stage_lr, stage_of
 from engine.training.step import DevicePipe, training_loss
-from engine.training.wrap import release, wrap_model
+from engine.training.wrap import deepspeed_config, release, wrap_model
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,12 +54,13 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
                       required_splits=("train", "val", "test") if cfg.eval.test else ("train", "val"))
     run = RunDir(cfg, dist.is_main)
     precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
+    deepspeed_config(cfg, precision, dist.world)  # fail on a pass-through typo before any data is read
     run.write_config(cfg, provenance(cfg, ctx.manifest.version, ctx.classes, dist.world, {"precision": precision}))
     train_loader = create_loader(cfg, ctx, "train", True, dist.rank, dist.world)
     val_loader = create_loader(cfg, ctx, "val", False, dist.rank, dist.world)
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
-    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), _channels_last(cfg, dist))
+    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last))
     weights = loss_class_weights(ctx.split("train").labels, len(ctx.classes), cfg.train.class_weights)
     state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0))
     engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
@@ -233,8 +234,3 @@ def _steps_per_epoch(cfg: Config, loader) -> int:
         raise ValueError(f"an epoch has {batches} batches per rank, fewer than train.grad_accum={cfg.train.grad_accum}")
     return batches // cfg.train.grad_accum
 
-
-def _channels_last(cfg: Config, dist: DistInfo) -> bool:
-    if cfg.train.channels_last is not None:
-        return cfg.train.channels_last
-    return hardware.channels_last_preferred(hardware.device_info(dist.device))

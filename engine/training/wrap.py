@@ -99,7 +99,7 @@ def wrap_model(model: nn.Module, cfg: Config, device: torch.device, precision: s
     import deepspeed
 
     info = hardware.device_info(device)
-    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else hardware.channels_last_preferred(info)
+    channels_last = hardware.use_channels_last(info, cfg.train.channels_last)
     model = model.to(device)
     if channels_last and getattr(model, "image", None) is not None:
         model.image.to(memory_format=torch.channels_last)
