@@ -110,9 +110,7 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
     bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs} [{state.stage}]",
                disable=not dist.is_main, unit="batch", dynamic_ncols=True)
     t_wait = time.perf_counter()
-    for i, batch in enumerate(loader, start):
-        if i >= total:
-            break
+    for i, batch in enumerate(_rng_neutral(loader) if start < total else (), start):
         t_step = time.perf_counter()
         wait += t_step - t_wait  # time the step waited for data
         inputs, targets, batch = pipe(batch, True, epoch, num_classes, step_seed=state.global_step)
@@ -139,6 +137,8 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
                 save_last()  # mid-epoch: the loader's position goes with it
             if stop_after_step is not None and state.global_step >= stop_after_step:
                 raise Preempted(f"stopped after step {state.global_step}")
+        if i + 1 >= total:
+            break
         t_wait = time.perf_counter()
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -146,6 +146,22 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
     return {"train_loss": float(np.mean(losses)) if losses else math.nan, "lr": float(engine.get_lr()[0]),
             "images_per_s": seen * dist.world / elapsed, "step_time_s": step_time / n, "data_wait_s": wait / n,
             "data_wait_frac": wait / elapsed}
+
+
+def _rng_neutral(loader):
+    """Yield the loader's batches without letting it draw from the global torch RNG.
+
+    A DataLoader draws a base seed from it whenever an iterator starts; a run
+    resumed mid-epoch starts its iterator at another point than the
+    uninterrupted run, so dropout would see a different stream.
+    """
+    it = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
 
 
 @torch.no_grad()
