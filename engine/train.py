@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> dict:
         ap.exit(2, f"config error: {e}\n")
     from engine.training.loop import train
 
-    return train(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch, stop_after_step=args.stop_after_step)
+    try:
+        return train(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch, stop_after_step=args.stop_after_step)
+    except ConfigError as e:  # found once the run knows its world size and card (DeepSpeed config)
+        ap.exit(2, f"config error: {e}\n")
 
 
 if __name__ == "__main__":

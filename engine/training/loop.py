@@ -17,7 +17,7 @@ from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
 from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, peek_state, save_checkpoint
-from engine.training.distributed import DistInfo, all_gather_cat, init_distributed
+from engine.training.distributed import DistInfo, all_gather_cat, average_buffers, init_distributed
 from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
@@ -50,17 +50,18 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     """Train, evaluate each epoch, checkpoint; return the summary written to summary.json."""
     dist = init_distributed()
     seed_everything(cfg.run.seed, dist.rank, cfg.run.deterministic)
+    precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
+    deepspeed_config(cfg, precision, dist.world)  # fail on a pass-through typo before any data is read
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
                       required_splits=("train", "val", "test") if cfg.eval.test else ("train", "val"))
     run = RunDir(cfg, dist.is_main)
-    precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
-    deepspeed_config(cfg, precision, dist.world)  # fail on a pass-through typo before any data is read
     run.write_config(cfg, provenance(cfg, ctx.manifest.version, ctx.classes, dist.world, {"precision": precision}))
     train_loader = create_loader(cfg, ctx, "train", True, dist.rank, dist.world)
     val_loader = create_loader(cfg, ctx, "val", False, dist.rank, dist.world)
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
-    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last))
+    channels_last = hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last)
+    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), channels_last)
     weights = loss_class_weights(ctx.split("train").labels, len(ctx.classes), cfg.train.class_weights)
     state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0))
     engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
@@ -69,7 +70,11 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
         train_loader.load_state_dict(loader_state)
         run.truncate_metrics(state.epoch)
     monitor = Monitor(cfg, run.path, dist.is_main, resume)
-    save_last = lambda: save_checkpoint(engine, run.checkpoints, "last", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)  # noqa: E731
+
+    def save_last() -> None:  # epoch ends and every train.checkpoint_every_steps updates
+        average_buffers(engine.module)
+        save_checkpoint(engine, run.checkpoints, "last", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
+
     try:
         for epoch in range(state.epoch, cfg.train.epochs):
             if stage_of(cfg, epoch) != state.stage:  # frozen -> finetune: re-wrap so the encoders really train
@@ -79,6 +84,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
             train_loader.set_epoch(epoch)
             train_stats = train_epoch(engine, train_loader, pipe, cfg, state, dist, epoch, steps_per_epoch, len(ctx.classes),
                                       weights, monitor, save_last, stop_after_step)
+            average_buffers(engine.module)  # one set of BatchNorm statistics for evaluation and the checkpoint
             val = evaluate(engine, val_loader, pipe, ctx.classes, cfg, dist, "val")
             state.epoch = epoch + 1
             improved = _track_best(cfg, state, val)

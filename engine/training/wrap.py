@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from engine import hardware
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.training.optim import create_optimizer, create_scheduler
 from engine.training.stages import set_frozen
 
@@ -59,7 +59,7 @@ def validate_extra(extra: dict) -> None:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"deepspeed.extra.{key}: not a DeepSpeed config key{hint}")
+            raise ConfigError(f"deepspeed.extra.{key}: not a DeepSpeed config key{hint}")
 
 
 def deepspeed_config(cfg: Config, precision: str, world: int) -> dict:
@@ -86,7 +86,7 @@ def deepspeed_config(cfg: Config, precision: str, world: int) -> dict:
         else:
             ds[key] = value
     if ds["train_batch_size"] != ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world:
-        raise ValueError(
+        raise ConfigError(
             f"deepspeed.extra: train_batch_size={ds['train_batch_size']} != micro batch {ds['train_micro_batch_size_per_gpu']}"
             f" x accumulation {ds['gradient_accumulation_steps']} x world size {world}"
         )
