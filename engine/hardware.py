@@ -138,6 +138,11 @@ def channels_last_preferred(info: DeviceInfo) -> bool:
     return info.family in ("volta_turing", "ampere_hopper")
 
 
+def use_channels_last(info: DeviceInfo, requested: Optional[bool] = None) -> bool:
+    """train.channels_last: an explicit true/false wins; null follows the card."""
+    return channels_last_preferred(info) if requested is None else requested
+
+
 def dali_decoder_defaults(info: DeviceInfo) -> dict:
     """DALI decode settings per card: A100/H100 (sm_80/90) have a hardware JPEG decoder."""
     if info.kind == "cpu":

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML recipe in configs/")
     ap.add_argument("--resume", action="store_true", help="continue the run in run.output_dir/run.name from its 'last' checkpoint")
+    ap.add_argument("--stop-after-epoch", type=int, default=None, help="exit after saving this epoch (simulates a kill; tests --resume)")
+    ap.add_argument("--stop-after-step", type=int, default=None, help="exit after this optimizer update (simulates a kill mid-epoch)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
     args, overrides = ap.parse_known_args(argv)
     try:
@@ -29,7 +31,10 @@ def main(argv: list[str] | None = None) -> dict:
         ap.exit(2, f"config error: {e}\n")
     from engine.training.loop import train
 
-    return train(cfg, resume=args.resume)
+    try:
+        return train(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch, stop_after_step=args.stop_after_step)
+    except ConfigError as e:  # found once the run knows its world size and card (DeepSpeed config)
+        ap.exit(2, f"config error: {e}\n")
 
 
 if __name__ == "__main__":

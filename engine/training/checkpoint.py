@@ -1,8 +1,15 @@
 """Checkpoints through DeepSpeed (every rank calls save/load) plus what DeepSpeed doesn't keep:
-training state, loader positions and every rank's RNG state."""
+training state (stage, epoch, step, best metric, patience), loader position and every rank's RNG state.
+
+A checkpoint is written under ``<tag>.partial`` and renamed over ``<tag>`` only
+once every rank has finished, so a crash or kill while saving leaves the
+previous good checkpoint intact.
+"""
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -10,11 +17,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from engine.training.distributed import barrier
+
 
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
     global_step: int = 0  # optimizer updates done
+    stage: str = "finetune"  # stage of the engine this state was saved from ("frozen" / "finetune")
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     bad_epochs: int = 0  # epochs without improvement (early stopping)
@@ -35,17 +45,41 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_state: dict, config: dict, rank: int) -> None:
     """Collective: every rank must call it."""
+    folder = Path(folder)
+    partial = f"{tag}.partial"
+    if rank == 0 and (folder / partial).exists():
+        shutil.rmtree(folder / partial)
+    barrier()
     client = {"train_state": asdict(state), "loader": loader_state, "config": config}
-    engine.save_checkpoint(str(folder), tag=tag, client_state=client)
-    torch.save(rng_state(), Path(folder) / tag / f"rng_rank{rank}.pt")
+    engine.save_checkpoint(str(folder), tag=partial, client_state=client, save_latest=False)
+    torch.save(rng_state(), folder / partial / f"rng_rank{rank}.pt")
+    if rank == 0:
+        (folder / partial / "train_state.json").write_text(json.dumps(asdict(state)))
+    barrier()
+    if rank == 0:
+        old = folder / f"{tag}.old"
+        if (folder / tag).exists():
+            (folder / tag).rename(old)
+        (folder / partial).rename(folder / tag)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def peek_state(folder: Path, tag: str) -> TrainState:
+    """The training state of a checkpoint without loading it (which engine to build for it)."""
+    path = Path(folder) / tag / "train_state.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint '{tag}' under {folder} (nothing to resume)")
+    return TrainState(**json.loads(path.read_text()))
 
 
 def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: bool = True) -> tuple[TrainState, dict]:
     """Collective. Returns (training state, loader state); restores this rank's RNG streams."""
-    path, client = engine.load_checkpoint(str(folder), tag=tag, load_optimizer_states=load_optimizer, load_lr_scheduler_states=load_optimizer)
+    path, client = engine.load_checkpoint(str(folder), tag=tag, load_optimizer_states=load_optimizer,
+                                          load_lr_scheduler_states=load_optimizer)
     if path is None:
         raise FileNotFoundError(f"no checkpoint '{tag}' under {folder}")
     rng_file = Path(folder) / tag / f"rng_rank{rank}.pt"
-    if rng_file.exists():
+    if load_optimizer and rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return TrainState(**client["train_state"]), client["loader"]

@@ -43,6 +43,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model where the card supports it
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 = off
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and profiling
+    checkpoint_every_steps: int = 0  # also save 'last' every N optimizer updates mid-epoch (0 = epoch ends only)
     log_every: int = 10  # steps between tqdm postfix / tensorboard points
     tensorboard: bool = True
     wandb: bool = False  # only if wandb is installed
@@ -52,6 +53,8 @@ class TrainConfig:
             raise ValueError(f"train.epochs must be positive, got {self.epochs}")
         if self.grad_accum <= 0:
             raise ValueError(f"train.grad_accum must be positive, got {self.grad_accum}")
+        if self.checkpoint_every_steps < 0:
+            raise ValueError(f"train.checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         if not 0 <= self.frozen_epochs <= self.epochs:
             raise ValueError(f"train.frozen_epochs must be within [0, train.epochs], got {self.frozen_epochs}")
 

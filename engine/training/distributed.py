@@ -55,6 +55,23 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) across ranks.
+
+    DeepSpeed averages gradients but leaves buffers alone, so each rank's
+    BatchNorm statistics drift apart; evaluation (sharded over ranks) and the
+    checkpoint (rank 0's copy) must see one model.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf.data, op=dist.ReduceOp.SUM)
+            buf.data /= dist.get_world_size()
+        else:
+            dist.broadcast(buf.data, src=0)
+
+
 def broadcast_object(obj, src: int = 0):
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return obj

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -15,16 +16,23 @@ from engine.config import Config
 from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
 from engine.models import create_model
-from engine.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from engine.training.distributed import DistInfo, all_gather_cat, init_distributed
+from engine.training.checkpoint import TrainState, load_checkpoint, peek_state, save_checkpoint
+from engine.training.distributed import DistInfo, all_gather_cat, average_buffers, init_distributed
 from engine.training.metrics import classification_metrics
+from engine.training.monitor import Monitor, plot_curves
+from engine.training.optim import loss_class_weights
 from engine.training.run_dir import RunDir, provenance
-from engine.training.step import DevicePipe, classification_loss
-from engine.training.wrap import wrap_model
+from engine.training.stages import apply_train_mode, stage_epochs, stage_lr, stage_of
+from engine.training.step import DevicePipe, training_loss
+from engine.training.wrap import deepspeed_config, release, wrap_model
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Preempted(Exception):
+    """Raised by ``stop_after_*``: stands in for a kill, to test that ``--resume`` continues exactly."""
 
 
 def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
@@ -37,73 +45,129 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
+def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = None,
+          stop_after_step: Optional[int] = None) -> dict:
     """Train, evaluate each epoch, checkpoint; return the summary written to summary.json."""
     dist = init_distributed()
     seed_everything(cfg.run.seed, dist.rank, cfg.run.deterministic)
-    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length)
-    run = RunDir(cfg, dist.is_main)
     precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
+    deepspeed_config(cfg, precision, dist.world)  # fail on a pass-through typo before any data is read
+    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
+                      required_splits=("train", "val", "test") if cfg.eval.test else ("train", "val"))
+    run = RunDir(cfg, dist.is_main)
     run.write_config(cfg, provenance(cfg, ctx.manifest.version, ctx.classes, dist.world, {"precision": precision}))
     train_loader = create_loader(cfg, ctx, "train", True, dist.rank, dist.world)
     val_loader = create_loader(cfg, ctx, "val", False, dist.rank, dist.world)
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
-    engine, _, _ = wrap_model(model, cfg, dist.device, precision, dist.world, steps_per_epoch * cfg.train.epochs, cfg.optim.lr)
-    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), _channels_last(cfg, dist))
-    state = TrainState()
+    channels_last = hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last)
+    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), channels_last)
+    weights = loss_class_weights(ctx.split("train").labels, len(ctx.classes), cfg.train.class_weights)
+    state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0))
+    engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
     if resume:
         state, loader_state = load_checkpoint(engine, run.checkpoints, "last", dist.rank)
         train_loader.load_state_dict(loader_state)
-    for epoch in range(state.epoch, cfg.train.epochs):
-        train_loader.set_epoch(epoch)
-        train_stats = train_epoch(engine, train_loader, pipe, cfg, state, dist, epoch, steps_per_epoch, len(ctx.classes))
-        val = evaluate(engine, val_loader, pipe, ctx.classes, cfg, dist, "val")
-        state.epoch = epoch + 1
-        improved = _track_best(cfg, state, val)
-        run.log_metrics({"epoch": epoch + 1, "step": state.global_step, **train_stats, **_scalars(val)}, fresh=epoch == 0 and not resume)
+        run.truncate_metrics(state.epoch)
+    monitor = Monitor(cfg, run.path, dist.is_main, resume)
+
+    def save_last() -> None:  # epoch ends and every train.checkpoint_every_steps updates
+        average_buffers(engine.module)
         save_checkpoint(engine, run.checkpoints, "last", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
-        if improved:
-            save_checkpoint(engine, run.checkpoints, "best", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
-        if cfg.train.early_stopping_patience and state.bad_epochs >= cfg.train.early_stopping_patience:
-            break
-    summary = _summary(run, state)
-    run.write_json("summary.json", summary)
-    return summary
+
+    try:
+        for epoch in range(state.epoch, cfg.train.epochs):
+            if stage_of(cfg, epoch) != state.stage:  # frozen -> finetune: re-wrap so the encoders really train
+                release(engine)
+                state.stage = stage_of(cfg, epoch)
+                engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
+            train_loader.set_epoch(epoch)
+            train_stats = train_epoch(engine, train_loader, pipe, cfg, state, dist, epoch, steps_per_epoch, len(ctx.classes),
+                                      weights, monitor, save_last, stop_after_step)
+            average_buffers(engine.module)  # one set of BatchNorm statistics for evaluation and the checkpoint
+            val = evaluate(engine, val_loader, pipe, ctx.classes, cfg, dist, "val")
+            state.epoch = epoch + 1
+            improved = _track_best(cfg, state, val)
+            record = {"epoch": epoch + 1, "step": state.global_step, "stage": state.stage, **train_stats, **_scalars(val)}
+            run.log_metrics(record, fresh=epoch == 0 and not resume)
+            monitor.scalars(record, state.global_step)
+            save_last()
+            if improved:
+                save_checkpoint(engine, run.checkpoints, "best", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
+            if cfg.train.early_stopping_patience and state.bad_epochs >= cfg.train.early_stopping_patience:
+                break
+            if stop_after_epoch is not None and state.epoch >= stop_after_epoch:
+                raise Preempted(f"stopped after epoch {state.epoch}")
+    except Preempted as e:
+        monitor.close()
+        return {"preempted": str(e), "state": asdict(state)}
+    return finish(engine, cfg, ctx, pipe, dist, run, state, monitor)
 
 
 def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState, dist: DistInfo, epoch: int,
-                steps_per_epoch: int, num_classes: int) -> dict:
+                steps_per_epoch: int, num_classes: int, class_weights=None, monitor: Optional[Monitor] = None,
+                save_last: Optional[Callable[[], None]] = None, stop_after_step: Optional[int] = None) -> dict:
     engine.train()
-    losses, seen, wait, t0 = [], 0, 0.0, time.perf_counter()
-    bar = tqdm(total=steps_per_epoch * cfg.train.grad_accum, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+    apply_train_mode(engine.module)  # frozen encoders keep their norm statistics
+    skip_nonfinite = pipe.dtype == torch.float16  # fp16: DeepSpeed's loss scaler skips overflowing steps
+    total = steps_per_epoch * cfg.train.grad_accum
+    start = loader.batches_done  # > 0 when resuming mid-epoch
+    losses, seen, wait, step_time, t0 = [], 0, 0.0, 0.0, time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs} [{state.stage}]",
                disable=not dist.is_main, unit="batch", dynamic_ncols=True)
     t_wait = time.perf_counter()
-    for i, batch in enumerate(loader):
-        wait += time.perf_counter() - t_wait  # time the step waited for data
+    for i, batch in enumerate(_rng_neutral(loader) if start < total else (), start):
+        t_step = time.perf_counter()
+        wait += t_step - t_wait  # time the step waited for data
         inputs, targets, batch = pipe(batch, True, epoch, num_classes, step_seed=state.global_step)
         out = engine(**inputs)
-        loss = classification_loss(out.logits, targets, cfg)
-        if not torch.isfinite(loss):
+        loss, parts = training_loss(engine.module, out, targets, cfg, class_weights)
+        if not torch.isfinite(loss) and not skip_nonfinite:  # a CPU-GPU sync point, worth it to stop early
             raise NonFiniteLoss(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {state.global_step}, "
                                 f"batch {i} (manifest rows {batch.index[:8].tolist()}...); last good checkpoint kept")
         engine.backward(loss)
         engine.step()
-        if engine.is_gradient_accumulation_boundary():
-            state.global_step += 1
         losses.append(loss.item())
         seen += batch.size
+        step_time += time.perf_counter() - t_step
         bar.update(1)
-        if i % cfg.train.log_every == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{engine.get_lr()[0]:.2e}",
-                            img_s=f"{seen * dist.world / (time.perf_counter() - t0):.0f}")
-        if cfg.train.max_steps_per_epoch and i + 1 >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum:
+        if engine.is_gradient_accumulation_boundary():
+            state.global_step += 1
+            if i % cfg.train.log_every == 0:
+                ips = seen * dist.world / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{engine.get_lr()[0]:.2e}", img_s=f"{ips:.0f}")
+                if monitor is not None:
+                    monitor.scalars({"train_loss_step": losses[-1], "lr": engine.get_lr()[0], "images_per_s": ips,
+                                     **{f"loss_{k}": v.item() for k, v in parts.items()}}, state.global_step)
+            if save_last and cfg.train.checkpoint_every_steps and state.global_step % cfg.train.checkpoint_every_steps == 0:
+                save_last()  # mid-epoch: the loader's position goes with it
+            if stop_after_step is not None and state.global_step >= stop_after_step:
+                raise Preempted(f"stopped after step {state.global_step}")
+        if i + 1 >= total:
             break
         t_wait = time.perf_counter()
     bar.close()
     elapsed = time.perf_counter() - t0
+    n = max(len(losses), 1)
     return {"train_loss": float(np.mean(losses)) if losses else math.nan, "lr": float(engine.get_lr()[0]),
-            "images_per_s": seen * dist.world / elapsed, "data_wait_frac": wait / elapsed}
+            "images_per_s": seen * dist.world / elapsed, "step_time_s": step_time / n, "data_wait_s": wait / n,
+            "data_wait_frac": wait / elapsed}
+
+
+def _rng_neutral(loader):
+    """Yield the loader's batches without letting it draw from the global torch RNG.
+
+    A DataLoader draws a base seed from it whenever an iterator starts; a run
+    resumed mid-epoch starts its iterator at another point than the
+    uninterrupted run, so dropout would see a different stream.
+    """
+    it = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
 
 
 @torch.no_grad()
@@ -122,11 +186,39 @@ def predict(engine, loader, pipe: DevicePipe, dist: DistInfo, num_classes: int) 
     return idx[first], labels[first], probs[first]
 
 
-def evaluate(engine, loader, pipe: DevicePipe, classes: list[str], cfg: Config, dist: DistInfo, split: str) -> dict:
-    idx, labels, probs = predict(engine, loader, pipe, dist, len(classes))
-    loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)).item())
+def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], cfg: Config, split: str) -> dict:
+    """Loss (fp32) and classification metrics of gathered predictions, keys prefixed by the split."""
+    loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).double().clamp_min(1e-12)), torch.from_numpy(labels)).item())
     metrics = classification_metrics(probs, labels, classes, cfg.eval.topk)
     return {f"{split}_loss": loss, **{f"{split}_{k}": v for k, v in metrics.items()}}
+
+
+def evaluate(engine, loader, pipe: DevicePipe, classes: list[str], cfg: Config, dist: DistInfo, split: str) -> dict:
+    _, labels, probs = predict(engine, loader, pipe, dist, len(classes))
+    return split_metrics(labels, probs, classes, cfg, split)
+
+
+def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistInfo, run: RunDir, state: TrainState,
+           monitor: Monitor) -> dict:
+    """After the last epoch: test split on the best weights (eval.test), curves.png, summary.json."""
+    test = None
+    if cfg.eval.test:
+        engine.load_checkpoint(str(run.checkpoints), tag="best", load_module_only=True, load_optimizer_states=False,
+                               load_lr_scheduler_states=False)
+        test = evaluate(engine, create_loader(cfg, ctx, "test", False, dist.rank, dist.world), pipe, ctx.classes, cfg, dist, "test")
+        run.write_json("test_metrics.json", {"checkpoint": "best", **test})
+    monitor.close()
+    if dist.is_main:
+        plot_curves(run.read_metrics(), run.path / "curves.png")
+    summary = _summary(run, state, test)
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def _build_engine(model, cfg: Config, dist: DistInfo, precision: str, steps_per_epoch: int, stage: str):
+    steps = steps_per_epoch * stage_epochs(cfg, stage)
+    engine, _, _ = wrap_model(model, cfg, dist.device, precision, dist.world, steps, stage_lr(cfg, stage), frozen=stage == "frozen")
+    return engine
 
 
 def _scalars(metrics: dict) -> dict:
@@ -144,13 +236,16 @@ def _track_best(cfg: Config, state: TrainState, metrics: dict) -> bool:
     return False
 
 
-def _summary(run: RunDir, state: TrainState) -> dict:
+def _summary(run: RunDir, state: TrainState, test: Optional[dict] = None) -> dict:
     records = run.read_metrics() if run.is_main else []
-    keys = ("val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro")
+    keys = ("val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro", "train_loss")
     pick = lambda r: {k: r[k] for k in keys if k in r}  # noqa: E731
     best = next((r for r in records if r["epoch"] == state.best_epoch), records[-1] if records else {})
-    return {"epochs": state.epoch, "final": pick(records[-1]) if records else {}, "best": {"epoch": state.best_epoch, **pick(best)},
-            "state": asdict(state)}
+    out = {"epochs": state.epoch, "final": pick(records[-1]) if records else {}, "best": {"epoch": state.best_epoch, **pick(best)},
+           "state": asdict(state)}
+    if test is not None:
+        out["test"] = _scalars(test)
+    return out
 
 
 def _steps_per_epoch(cfg: Config, loader) -> int:
@@ -161,8 +256,3 @@ def _steps_per_epoch(cfg: Config, loader) -> int:
         raise ValueError(f"an epoch has {batches} batches per rank, fewer than train.grad_accum={cfg.train.grad_accum}")
     return batches // cfg.train.grad_accum
 
-
-def _channels_last(cfg: Config, dist: DistInfo) -> bool:
-    if cfg.train.channels_last is not None:
-        return cfg.train.channels_last
-    return hardware.channels_last_preferred(hardware.device_info(dist.device))

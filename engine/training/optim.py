@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
+from engine import hardware
 from engine.training.config import OptimConfig
 
 NO_DECAY_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.Embedding)
+_MODULE_SCALE = {"image": "backbone", "backbone": "backbone", "text": "text"}
 
 
-def _no_decay_names(model: nn.Module) -> set[int]:
+def _no_decay_ids(model: nn.Module) -> set[int]:
     """ids of parameters excluded from weight decay: biases, norms, embeddings."""
     out = set()
     for module in model.modules():
@@ -21,29 +24,55 @@ def _no_decay_names(model: nn.Module) -> set[int]:
     return out
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig, base_lr: float) -> list[dict]:
-    """Split trainable parameters by (lr scale, weight decay); each group keeps its ``lr_scale``."""
-    no_decay = _no_decay_names(model)
-    scales = {"image": cfg.backbone_lr_scale, "text": cfg.text_lr_scale}
+def _model_groups(model: nn.Module) -> list[dict]:
+    """The model's own groups (``model.param_groups()``: name, params, lr_scale, layer_id, num_layers,
+    no_weight_decay), or one group per top-level submodule for a model without them."""
+    if callable(getattr(model, "param_groups", None)):
+        return model.param_groups()
+    no_decay = _no_decay_ids(model)
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        scale = scales.get(name.split(".")[0], 1.0)
-        wd = 0.0 if id(p) in no_decay else cfg.weight_decay
-        key = (scale, wd)
-        if key not in groups:
-            groups[key] = {"params": [], "lr": base_lr * scale, "lr_scale": scale, "weight_decay": wd}
-        groups[key]["params"].append(p)
+        top = name.split(".")[0]
+        key = (top, id(p) in no_decay)
+        groups.setdefault(key, {"name": top, "params": [], "lr_scale": 1.0, "layer_id": None, "num_layers": 1,
+                                "no_weight_decay": key[1]})["params"].append(p)
     return list(groups.values())
 
 
+def param_groups(model: nn.Module, cfg: OptimConfig, base_lr: float) -> list[dict]:
+    """Trainable parameters grouped by (lr, weight decay); each optimizer group keeps its ``lr_scale``.
+
+    lr = base_lr x module scale (optim.backbone_lr_scale / text_lr_scale, times the
+    model's own lr_scale) x layer_decay ** (num_layers - 1 - layer_id) when
+    optim.layer_decay is set and the model gives layer ids.
+    """
+    scales = {"backbone": cfg.backbone_lr_scale, "text": cfg.text_lr_scale}
+    out: dict[tuple, dict] = {}
+    for g in _model_groups(model):
+        params = [p for p in g["params"] if p.requires_grad]
+        if not params:
+            continue
+        scale = g.get("lr_scale", 1.0) * scales.get(_MODULE_SCALE.get(g["name"], ""), 1.0)
+        if cfg.layer_decay is not None and g.get("layer_id") is not None:
+            scale *= cfg.layer_decay ** (g["num_layers"] - 1 - g["layer_id"])
+        wd = 0.0 if g.get("no_weight_decay") else cfg.weight_decay
+        key = (round(scale, 12), wd)
+        if key not in out:
+            out[key] = {"params": [], "lr": base_lr * scale, "lr_scale": scale, "weight_decay": wd}
+        out[key]["params"].extend(params)
+    return list(out.values())
+
+
 def create_optimizer(model: nn.Module, cfg: OptimConfig, base_lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (torch's fused kernel on CUDA, the plain loop on CPU), SGD with Nesterov, or RMSprop."""
     groups = param_groups(model, cfg, base_lr)
+    if not groups:
+        raise ValueError("no trainable parameters (is every branch frozen?)")
+    fused = True if hardware.fused_adam_available(hardware.device_info(device)) else None
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=base_lr, betas=cfg.betas, fused=device.type == "cuda" or None)
+        return torch.optim.AdamW(groups, lr=base_lr, betas=cfg.betas, fused=fused)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, nesterov=True, fused=fused)
     return torch.optim.RMSprop(groups, lr=base_lr, momentum=cfg.momentum, alpha=0.9, eps=1e-3)
 
 
@@ -65,4 +94,14 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    """Stepped once per optimizer update (DeepSpeed calls it at each accumulation boundary)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+
+
+def loss_class_weights(labels, num_classes: int, mode: str) -> Optional[torch.Tensor]:
+    """Per-class loss weights from the train label counts (mean 1), or None for mode 'none'."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double().clamp_min(1)
+    w = 1.0 / counts if mode == "inverse" else counts.rsqrt()
+    return (w * num_classes / w.sum()).float()

@@ -64,6 +64,12 @@ class RunDir:
             with open(self.path / "metrics.jsonl", "w" if fresh else "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def truncate_metrics(self, epochs: int) -> None:
+        """On resume: drop records of epochs after the checkpoint (they will be trained again)."""
+        if self.is_main:
+            kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs]
+            (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
     def read_metrics(self) -> list[dict]:
         p = self.path / "metrics.jsonl"
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []

@@ -63,3 +63,18 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: Config
             per_class = per_class * class_weights
         return per_class.sum(1).mean()
     return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=smoothing)
+
+
+def training_loss(model, out, targets: torch.Tensor, cfg: Config,
+                  class_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Classification loss plus the model's own (already weighted) auxiliary / contrastive losses, in fp32.
+
+    Returns (total, parts); ``parts`` names every term for logging.
+    """
+    if class_weights is not None:
+        class_weights = class_weights.to(out.logits.device)
+    parts = {"cls": classification_loss(out.logits, targets, cfg, class_weights)}
+    aux = getattr(model, "auxiliary_losses", None)
+    if callable(aux):
+        parts.update({k: v.float() for k, v in aux(out, targets).items()})
+    return sum(parts.values()), parts

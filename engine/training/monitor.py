@@ -1,0 +1,65 @@
+"""Where numbers go besides metrics.jsonl: TensorBoard, Weights & Biases, the curves PNG (rank 0 only)."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from pathlib import Path
+
+from engine.config import Config
+
+
+class Monitor:
+    """Scalar sinks of one run. Every method is a no-op on ranks other than 0."""
+
+    def __init__(self, cfg: Config, path: Path, is_main: bool, resume: bool = False):
+        self.tb = self.wandb = None
+        if not is_main:
+            return
+        if cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(path / "tensorboard"))
+        if cfg.train.wandb:
+            if importlib.util.find_spec("wandb") is None:
+                warnings.warn("train.wandb=true but wandb is not installed (pip install wandb); not logging there")
+            else:
+                import wandb
+
+                self.wandb = wandb.init(project="fusion", name=cfg.run.name, dir=str(path), config=cfg.to_dict(),
+                                        resume="allow" if resume else None)
+
+    def scalars(self, values: dict, step: int) -> None:
+        values = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "val_", "test_")) else k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """curves.png: train/val loss and val top-1 by epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    get = lambda key: [r.get(key, math.nan) for r in records]  # noqa: E731
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, get("train_loss"), marker="o", label="train")
+    ax_loss.plot(epochs, get("val_loss"), marker="o", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, get("val_top1"), marker="o", color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="top-1", title="val top-1", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

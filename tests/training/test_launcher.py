@@ -1,0 +1,107 @@
+"""Runs through the command lines: `deepspeed --num_gpus 2 engine/train.py`, `tools/evaluate.py` on 1-3 ranks.
+
+One two-rank training run (module-scoped) feeds every assertion here; each
+subprocess costs 20-40 s on a busy 2-core machine.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.training.conftest import PY, deepspeed_cmd, run_cmd
+
+SCALARS = ("val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro", "val_num_samples")
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tiny_overrides, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("launcher")
+    deepspeed_cmd(2, "engine/train.py", "--config", "configs/demo.yaml", *tiny_overrides, f"--run.output_dir={out}",
+                  "--run.name=two_ranks", "--train.epochs=4", "--optim.lr=0.003", "--eval.test=true", "--loader.batch_size=4",
+                  "--train.max_steps_per_epoch=4")
+    return out / "two_ranks"
+
+
+def read_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_contents(two_rank_run):
+    cfg = yaml.safe_load((two_rank_run / "config.yaml").read_text())
+    prov = cfg["provenance"]
+    assert prov["world_size"] == 2 and prov["seed"] == 0 and len(prov["dataset_version"]) == 64
+    assert "max_train_samples" in prov["subset"] and prov["git_commit"] and prov["versions"]["deepspeed"]
+    assert prov["precision"] == "fp32"
+    recs = read_records(two_rank_run)
+    assert [r["epoch"] for r in recs] == [1, 2, 3, 4]
+    assert all(r["images_per_s"] > 0 and "data_wait_s" in r and "step_time_s" in r for r in recs)
+    summary = json.loads((two_rank_run / "summary.json").read_text())
+    assert summary["epochs"] == 4 and {"val_loss", "val_top1"} <= summary["final"].keys() and summary["best"]["epoch"]
+    assert summary["test"]["test_num_samples"] == 16
+    assert (two_rank_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert any((two_rank_run / "tensorboard").iterdir())
+    for tag in ("last", "best"):
+        assert (two_rank_run / "checkpoints" / tag / "rng_rank0.pt").exists()
+        assert (two_rank_run / "checkpoints" / tag / "rng_rank1.pt").exists()
+
+
+def test_two_ranks_learn(two_rank_run):
+    recs = read_records(two_rank_run)
+    assert recs[-1]["train_loss"] < recs[0]["train_loss"] or max(r["val_top1"] for r in recs) > 0.25
+
+
+def test_evaluate_tool_matches_training_on_1_2_3_ranks(two_rank_run):
+    from tools.evaluate import evaluate_run
+
+    recs = read_records(two_rank_run)
+    summary = json.loads((two_rank_run / "summary.json").read_text())
+    best = recs[summary["best"]["epoch"] - 1]
+    results = {1: evaluate_run(two_rank_run, "val", "best", ["--loader.num_workers=0"])}
+    predictions = {1: (two_rank_run / "eval" / "val_best_predictions.csv").read_text()}
+    for world in (2, 3):
+        deepspeed_cmd(world, "tools/evaluate.py", "--run", str(two_rank_run), "--checkpoint", "best")
+        results[world] = json.loads((two_rank_run / "eval" / "val_best_metrics.json").read_text())
+        predictions[world] = (two_rank_run / "eval" / "val_best_predictions.csv").read_text()
+    for world, metrics in results.items():
+        for key in SCALARS:  # in-training evaluation of the best epoch, and every world size, agree
+            assert metrics[key] == pytest.approx(best[key], rel=1e-5, abs=1e-7), (world, key)
+        assert metrics["val_confusion_matrix"] == results[1]["val_confusion_matrix"]
+        assert metrics["val_per_class"] == results[1]["val_per_class"]
+    rows = [list(csv.reader(p.splitlines())) for p in predictions.values()]
+    for r in rows:
+        assert [x[:3] for x in r] == [x[:3] for x in rows[0]]  # row id, true label, top-1 prediction
+        assert len(r) == 17 and r[0][:2] == ["row", "label"]
+        assert np.allclose([float(x[3]) for x in r[1:]], [float(x[3]) for x in rows[0][1:]], atol=1e-5)
+    test = evaluate_run(two_rank_run, "test", "best", ["--loader.num_workers=0"])
+    recorded = json.loads((two_rank_run / "test_metrics.json").read_text())
+    assert test["test_top1"] == recorded["test_top1"] and test["test_loss"] == pytest.approx(recorded["test_loss"], rel=1e-5)
+    assert (two_rank_run / "eval" / "test_best_per_class.csv").exists()
+
+
+def test_typo_in_deepspeed_key_fails_clearly(tiny_overrides, tmp_path):
+    with pytest.raises(AssertionError, match=r"config error: deepspeed\.extra\.zero_optimisation: not a DeepSpeed config key; "
+                                             r"did you mean 'zero_optimization'"):
+        run_cmd([PY, "engine/train.py", "--config", "configs/demo.yaml", *tiny_overrides, f"--run.output_dir={tmp_path}",
+                 "--deepspeed.extra={zero_optimisation: {stage: 1}}"])
+    assert not (tmp_path / "run").exists() or not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_train_shards_are_disjoint(tiny_overrides, tmp_path):
+    from engine.config import load_config
+    from engine.data.dataset import DataContext
+    from engine.data.loaders import create_loader
+
+    cfg = load_config("configs/demo.yaml", tiny_overrides)
+    ctx = DataContext(cfg.data, 0, cfg.model.text_encoder, cfg.model.text_max_length)
+    for epoch in (0, 1):
+        seen = []
+        for rank in (0, 1):
+            loader = create_loader(cfg, ctx, "train", True, rank, 2)
+            loader.set_epoch(epoch)
+            seen.append(set(loader.positions().tolist()))
+        assert not seen[0] & seen[1] and len(seen[0]) == len(seen[1]) > 0

@@ -1,0 +1,51 @@
+"""Losses in fp32: CE with label smoothing and class weights, focal, plus the model's auxiliary losses; stage settings."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.config import load_config
+from engine.models.fusion import FusionOutput
+from engine.training.stages import stage_epochs, stage_lr, stage_of
+from engine.training.step import classification_loss, training_loss
+
+
+def cfg(**train):
+    return load_config(None, {"train": train})
+
+
+def test_ce_in_fp32_with_smoothing_and_weights():
+    logits = torch.randn(6, 3).bfloat16()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    w = torch.tensor([1.0, 2.0, 0.5])
+    loss = classification_loss(logits, y, cfg(label_smoothing=0.1), w)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(F.cross_entropy(logits.float(), y, weight=w, label_smoothing=0.1).item())
+
+
+def test_focal_reduces_to_ce_at_gamma_0_and_downweights_easy_samples():
+    logits, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    assert classification_loss(logits, y, cfg(loss="focal", focal_gamma=0.0)).item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert classification_loss(logits, y, cfg(loss="focal", focal_gamma=2.0)) < F.cross_entropy(logits, y)
+
+
+class WithAux(torch.nn.Module):
+    def auxiliary_losses(self, out, labels):
+        return {"aux_image": torch.tensor(0.5, dtype=torch.bfloat16), "contrastive": torch.tensor(0.25)}
+
+
+def test_model_auxiliary_losses_are_added():
+    out, y = FusionOutput(logits=torch.randn(4, 3)), torch.tensor([0, 1, 2, 0])
+    total, parts = training_loss(WithAux(), out, y, cfg())
+    assert set(parts) == {"cls", "aux_image", "contrastive"}
+    assert total.item() == pytest.approx(parts["cls"].item() + 0.75)
+    total_plain, parts_plain = training_loss(torch.nn.Linear(1, 1), out, y, cfg())  # a model without them
+    assert set(parts_plain) == {"cls"}
+
+
+def test_stage_settings():
+    c = load_config(None, {"train": {"epochs": 5, "frozen_epochs": 2, "head_lr": 0.01, "finetune_lr": 0.001}})
+    assert [stage_of(c, e) for e in range(5)] == ["frozen", "frozen", "finetune", "finetune", "finetune"]
+    assert (stage_lr(c, "frozen"), stage_lr(c, "finetune")) == (0.01, 0.001)
+    assert (stage_epochs(c, "frozen"), stage_epochs(c, "finetune")) == (2, 3)
+    plain = load_config(None, {"optim": {"lr": 0.002}})
+    assert stage_of(plain, 0) == "finetune" and stage_lr(plain, "finetune") == 0.002

@@ -1,0 +1,97 @@
+"""Evaluate a run's checkpoint on a split; writes RUN_DIR/eval/<split>_<checkpoint>_{metrics.json,per_class.csv,predictions.csv}.
+
+    python tools/evaluate.py --run runs/demo [--split test] [--checkpoint best|last] [--section.key=value ...]
+    deepspeed --num_gpus 2 tools/evaluate.py --run runs/demo     # same metrics on any number of ranks
+
+The config is rebuilt from RUN_DIR/config.yaml (overrides such as
+--loader.num_workers=0 apply on top), the model from the config, and the
+weights are loaded through DeepSpeed from RUN_DIR/checkpoints/<checkpoint>.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_run_config(run: Path, overrides: list[str]):
+    import yaml
+
+    from engine.config import _merge, config_from_dict, parse_overrides
+
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree.pop("provenance", None)
+    return config_from_dict(_merge(tree, parse_overrides(overrides)) if overrides else tree)
+
+
+def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overrides: list[str] | None = None) -> dict:
+    from engine import hardware
+    from engine.data.dataset import DataContext
+    from engine.data.loaders import create_loader
+    from engine.models import create_model
+    from engine.training.distributed import init_distributed
+    from engine.training.loop import predict, split_metrics
+    from engine.training.step import DevicePipe
+    from engine.training.wrap import wrap_model
+
+    cfg = load_run_config(run, overrides or [])
+    dist = init_distributed()
+    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length, required_splits=("train", split))
+    model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
+    precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
+    engine, _, _ = wrap_model(model, cfg, dist.device, precision, dist.world, 1, cfg.optim.lr)
+    path, _ = engine.load_checkpoint(str(run / "checkpoints"), tag=checkpoint, load_module_only=True,
+                                     load_optimizer_states=False, load_lr_scheduler_states=False)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint '{checkpoint}' in {run / 'checkpoints'}")
+    channels_last = hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last)
+    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), channels_last)
+    loader = create_loader(cfg, ctx, split, False, dist.rank, dist.world)
+    rows, labels, probs = predict(engine, loader, pipe, dist, len(ctx.classes))
+    metrics = split_metrics(labels, probs, ctx.classes, cfg, split)
+    if dist.is_main:
+        _write(run / "eval", f"{split}_{checkpoint}", metrics, rows, labels, probs, ctx.classes, cfg.eval.topk, split)
+    return metrics
+
+
+def _write(out: Path, stem: str, metrics: dict, rows, labels, probs, classes: list[str], topk: int, split: str) -> None:
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(out / f"{stem}_per_class.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for c, m in metrics[f"{split}_per_class"].items():
+            w.writerow([c, m["precision"], m["recall"], m["f1"], m["support"]])
+    k = min(topk, len(classes))
+    top = np.argsort(-probs, axis=1)[:, :k]
+    with open(out / f"{stem}_predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "label"] + [col for j in range(k) for col in (f"pred{j + 1}", f"prob{j + 1}")])
+        for r, y, t, p in zip(rows, labels, top, probs):
+            w.writerow([int(r), classes[y]] + [v for j in t for v in (classes[j], f"{p[j]:.6f}")])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="run folder (holds config.yaml and checkpoints/)")
+    ap.add_argument("--split", default="val", help="val or test")
+    ap.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args, overrides = ap.parse_known_args(argv)
+    metrics = evaluate_run(args.run, args.split, args.checkpoint, overrides)
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(scalars, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
