@@ -15,11 +15,16 @@ DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
 
 
 @pytest.fixture(scope="session")
-def tiny_overrides(tiny_demo_dataset, tiny_text_encoder) -> list[str]:
-    return [f"--data.manifest={tiny_demo_dataset}", "--data.image_size=32", "--model.backbone=test_resnet",
-            f"--model.text_encoder={tiny_text_encoder}", "--model.text_max_length=16", "--model.fusion_dim=32",
-            "--loader.batch_size=8", "--loader.num_workers=0", "--train.max_steps_per_epoch=2", "--train.log_every=1",
-            "--optim.warmup_steps=0", "--run.deterministic=true"]
+def tiny_overrides(tiny_demo_dataset, tiny_text_encoder, tmp_path_factory) -> list[str]:
+    """The demo recipe shrunk; it trains from the flash decode cache (the demo's default), built once here."""
+    overrides = [f"--data.manifest={tiny_demo_dataset}", "--data.image_size=32", "--model.backbone=test_resnet",
+                 f"--model.text_encoder={tiny_text_encoder}", "--model.text_max_length=16", "--model.fusion_dim=32",
+                 "--loader.batch_size=8", "--loader.num_workers=0", "--train.max_steps_per_epoch=2", "--train.log_every=1",
+                 "--optim.warmup_steps=0", "--run.deterministic=true", "--cache.stored_size=40",
+                 f"--cache.dir={tmp_path_factory.mktemp('tiny_cache')}"]
+    run_cmd([PY, "tools/build_cache.py", "--config", "configs/demo.yaml", *overrides, "--cache.splits=[train,val,test]",
+             "--cache.workers=2"])
+    return overrides
 
 
 def free_port() -> int:

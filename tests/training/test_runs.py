@@ -52,9 +52,11 @@ def test_staged_training_freezes_then_unfreezes(tiny_overrides, tmp_path, monkey
     assert stages == ["frozen", "finetune"]
 
 
-def test_resume_equals_uninterrupted(tiny_overrides, tmp_path):
+@pytest.mark.parametrize("backend", ["cache", "pil"])
+def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, backend):
     """A kill after an epoch (in the frozen stage) and a kill mid-epoch both resume to bitwise the same weights."""
-    common = ["--train.epochs=3", "--train.frozen_epochs=1", "--train.checkpoint_every_steps=1", "--model.dropout=0.2"]
+    common = ["--train.epochs=3", "--train.frozen_epochs=1", "--train.checkpoint_every_steps=1", "--model.dropout=0.2",
+              f"--loader.backend={backend}"]
     full = make_cfg(tiny_overrides, tmp_path, "full", *common)
     summary = loop.train(full)
     reference = module_weights(full.run_dir)
