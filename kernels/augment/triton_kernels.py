@@ -65,12 +65,9 @@ def _clamp01(x):
 
 
 @triton.jit
-def _gray_sum_kernel(img, partial, y0_ptr, y1_ptr, wy_ptr, x0_ptr, x1_ptr, wx_ptr, fparams,
-                     S, n_tiles, s_ib, s_iy, s_ix, s_ic,
-                     G0: tl.constexpr, G1: tl.constexpr, G2: tl.constexpr,
-                     UNIT: tl.constexpr, DO_BRIGHT: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
+def _tile_rgb(img, b, tile, S, s_ib, s_iy, s_ix, s_ic, y0_ptr, y1_ptr, wy_ptr, x0_ptr, x1_ptr, wx_ptr, fparams,
+              UNIT: tl.constexpr, DO_BRIGHT: tl.constexpr, BLOCK: tl.constexpr):
+    """One tile of sample ``b``: resized (+ flipped) RGB in [0, 1], brightness applied; both passes start here."""
     offs = tile * BLOCK + tl.arange(0, BLOCK)
     mask = offs < S * S
     oy = offs // S
@@ -82,6 +79,18 @@ def _gray_sum_kernel(img, partial, y0_ptr, y1_ptr, wy_ptr, x0_ptr, x1_ptr, wx_pt
         r = _clamp01(r * f)
         g = _clamp01(g * f)
         bl = _clamp01(bl * f)
+    return r, g, bl, mask, oy, ox
+
+
+@triton.jit
+def _gray_sum_kernel(img, partial, y0_ptr, y1_ptr, wy_ptr, x0_ptr, x1_ptr, wx_ptr, fparams,
+                     S, n_tiles, s_ib, s_iy, s_ix, s_ic,
+                     G0: tl.constexpr, G1: tl.constexpr, G2: tl.constexpr,
+                     UNIT: tl.constexpr, DO_BRIGHT: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    r, g, bl, mask, oy, ox = _tile_rgb(img, b, tile, S, s_ib, s_iy, s_ix, s_ic, y0_ptr, y1_ptr, wy_ptr, x0_ptr,
+                                       x1_ptr, wx_ptr, fparams, UNIT, DO_BRIGHT, BLOCK)
     gray = tl.where(mask, r * G0 + g * G1 + bl * G2, 0.0)
     tl.store(partial + b * n_tiles + tile, tl.sum(gray, axis=0))
 
@@ -95,18 +104,9 @@ def _augment_kernel(img, out, y0_ptr, y1_ptr, wy_ptr, x0_ptr, x1_ptr, wx_ptr, fp
                     DO_HUE: tl.constexpr, DO_GRAY: tl.constexpr, DO_ERASE: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
-    offs = tile * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < S * S
-    oy = offs // S
-    ox = offs % S
-    r, g, bl = _sample_rgb(img, b, oy, ox, mask, S, s_ib, s_iy, s_ix, s_ic,
-                           y0_ptr, y1_ptr, wy_ptr, x0_ptr, x1_ptr, wx_ptr, UNIT)
+    r, g, bl, mask, oy, ox = _tile_rgb(img, b, tile, S, s_ib, s_iy, s_ix, s_ic, y0_ptr, y1_ptr, wy_ptr, x0_ptr,
+                                       x1_ptr, wx_ptr, fparams, UNIT, DO_BRIGHT, BLOCK)
     fp = fparams + b * 5  # brightness, contrast, saturation, hue, gray
-    if DO_BRIGHT:
-        f = tl.load(fp)
-        r = _clamp01(r * f)
-        g = _clamp01(g * f)
-        bl = _clamp01(bl * f)
     if DO_CONTRAST:
         f = tl.load(fp + 1)
         m = tl.load(gmean + b) * (1.0 - f)
