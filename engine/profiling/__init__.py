@@ -20,9 +20,12 @@ JSON written by ``--json`` (``Profile.to_json``)::
                   "gb_per_s": float | null,   # bytes gathered / decoded / moved per second, 1e9
                   "median_s": float,  # median seconds of one timed call (end_to_end: of one step)
                   "repeats": int,     # timed calls (end_to_end, model: steps)
-                  "feeds": [str]}],   # backends this stage is on the path of
+                  "feeds": [str],     # backends this stage is on the path of
+                  "model_nearby_images_per_s": float | null}],  # end_to_end: model-only around it
       "model_images_per_s": float,    # the ceiling: model step on device-resident inputs
-      "end_to_end": {backend: {"images_per_s": float, "ratio": float}},  # ratio = / model_images_per_s
+      "end_to_end": {backend: {"images_per_s": float,
+                               "ratio": float,            # images_per_s / model_images_per_s
+                               "ratio_bracketed": float}},  # / model-only steps timed right before and after
       "bound": {backend: str},        # "stage:name" of the slowest stage feeding it (or the model)
       "advice": [str],                # rule-based, from the numbers above
       "skipped": [{"stage": str, "name": str, "reason": str}],  # what could not run here, and why
@@ -30,7 +33,10 @@ JSON written by ``--json`` (``Profile.to_json``)::
     }
 
 End-to-end images/s are over the total time of the timed steps (stalls count);
-the model-only rate is from the median step.
+the model-only rate is from the median step. On a shared machine the load
+drifts between stages, so each backend's end-to-end steps are also compared
+with model-only steps timed right before the loader starts and right after it
+stops (``ratio_bracketed``); the advice judges by that ratio.
 """
 from __future__ import annotations
 

@@ -37,8 +37,13 @@ class Profile:
     @property
     def end_to_end(self) -> dict[str, dict]:
         m = self.model_images_per_s
-        return {r.name: {"images_per_s": r.images_per_s, "ratio": r.images_per_s / m if m else None}
-                for r in self.results if r.stage == "end_to_end"}
+        out = {}
+        for r in self.results:
+            if r.stage == "end_to_end":
+                out[r.name] = {"images_per_s": r.images_per_s, "ratio": r.images_per_s / m if m else None}
+                if r.model_nearby_images_per_s:
+                    out[r.name]["ratio_bracketed"] = r.images_per_s / r.model_nearby_images_per_s
+        return out
 
     def bound(self) -> dict[str, str]:
         """Per backend: the slowest of the stages feeding it, and the model, each measured alone."""
@@ -80,8 +85,10 @@ def advise(p: Profile) -> list[str]:
         return ["no model-only measurement (stage 'model' not run): nothing to compare the data path against"]
     workers, cores = s.get("num_workers", 0), p.cpu_count
     for backend, e in p.end_to_end.items():
-        ratio, bound = e["ratio"], p.bound().get(backend, "")
-        head = f"{backend}: end to end {e['images_per_s']:,.1f} images/s = {ratio:.2f} x model-only"
+        bound = p.bound().get(backend, "")
+        ratio = e.get("ratio_bracketed", e["ratio"])  # the bracket is immune to load drift between stages
+        head = f"{backend}: end to end {e['images_per_s']:,.1f} images/s = {e['ratio']:.2f} x model-only" + (
+            f" ({e['ratio_bracketed']:.2f} x the model steps timed around it)" if "ratio_bracketed" in e else "")
         if ratio >= FED and bound.startswith("model"):
             out.append(f"{head}; the model bounds it: speed-ups now come from the model side ({_model_tips(p)})")
             continue
@@ -119,6 +126,11 @@ def advise(p: Profile) -> list[str]:
                        f"and the step compete for the same {cores} CPUs (loader.num_workers={workers}, torch threads="
                        f"{s.get('torch_threads')}) or wait on each other; try fewer loader workers or torch threads, "
                        f"a deeper loader.prefetch (now {s.get('prefetch')}), or a data path that does less on the host (cache)")
+    load = (s.get("load_average") or [0])[0]
+    if s.get("device_kind") == "cpu" and s.get("torch_threads", 1) > 1 and load > cores:
+        out.append(f"this machine is oversubscribed (load average {load:.1f} on {cores} CPUs) and torch runs "
+                   f"{s.get('torch_threads')} intra-op threads, which wait for the slowest of them at every op: "
+                   f"compare with --torch-threads 1 (torch.set_num_threads(1))")
     if not p.end_to_end:
         out.append("no end-to-end measurement: no backend could run here (see skipped)")
     return out
@@ -167,7 +179,9 @@ def verdict(p: Profile) -> str:
         lines.append(f"  model-only ceiling: {m:,.1f} images/s")
     bound = p.bound()
     for backend, e in p.end_to_end.items():
-        lines.append(f"  {backend:<11} end to end {e['images_per_s']:>9,.1f} images/s  ratio {e['ratio']:.2f}  bound: {bound.get(backend)}")
+        bracket = f" (bracketed {e['ratio_bracketed']:.2f})" if "ratio_bracketed" in e else ""
+        lines.append(f"  {backend:<11} end to end {e['images_per_s']:>9,.1f} images/s  ratio {e['ratio']:.2f}{bracket}"
+                     f"  bound: {bound.get(backend)}")
     lines += [f"  - {a}" for a in p.advice()]
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterator, Optional, Union
@@ -40,6 +41,7 @@ class StageResult:
     repeats: int  # timed calls
     images_per_call: int = 0
     feeds: tuple[str, ...] = ()  # loader backends this stage is on the path of
+    model_nearby_images_per_s: Optional[float] = None  # end_to_end: model-only rate measured right before and after
 
     @property
     def label(self) -> str:
@@ -285,23 +287,44 @@ def model(s: Session) -> Iterator[Outcome]:
 
 @register_stage("end_to_end")
 def end_to_end(s: Session) -> Iterator[Outcome]:
-    """``steps`` real training steps per backend; images/s over their total time (stalls included)."""
-    import time
+    """``steps`` real training steps per backend; images/s over their total time (stalls included).
 
+    Model-only steps are timed just before the loader starts and just after it
+    stops (``model_nearby_images_per_s``): on a shared machine the load drifts
+    between stages, and this bracket compares like with like. The loader does not
+    exist during the first block, so it gets no head start.
+    """
     from engine.data.loaders import create_loader
 
     ms = s.model_step
+    inputs, targets = synthetic_inputs(s)
+    bracket = max(1, s.steps // 2)
+    ms.step(inputs, targets)  # untimed: optimizer state exists before the first bracket
+
+    def model_steps() -> list[float]:
+        out = []
+        for _ in range(bracket):
+            t = time.perf_counter()
+            ms.step(inputs, targets)
+            synchronize(s.device)
+            out.append(time.perf_counter() - t)
+        return out
+
     for backend in s.backends:
         cfg = copy.deepcopy(s.cfg)
         cfg.loader.backend = backend
-        it = None
         try:
-            loader = create_loader(cfg, s.ctx, "train", True)
-            it = _forever(loader)
+            loader = create_loader(cfg, s.ctx, "train", True)  # loaders start reading on iteration, not here
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+            yield Skipped("end_to_end", backend, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        nearby = model_steps()
+        it = _forever(loader)
+        try:
 
             def one():
-                inputs, targets, _ = ms.pipe(next(it), True, loader.epoch, ms.num_classes)
-                ms.step(inputs, targets)
+                inputs_, targets_, _ = ms.pipe(next(it), True, loader.epoch, ms.num_classes)
+                ms.step(inputs_, targets_)
 
             for _ in range(s.warmup):
                 one()
@@ -317,10 +340,11 @@ def end_to_end(s: Session) -> Iterator[Outcome]:
             yield Skipped("end_to_end", backend, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
         finally:
-            if it is not None:
-                it.close()  # stops loader threads / worker processes
+            it.close()  # stops loader threads / worker processes before the second model block
+        nearby += model_steps()
         images = s.steps * s.batch_size
-        yield StageResult("end_to_end", backend, images / total, None, float(np.median(times)), s.steps, s.batch_size)
+        yield StageResult("end_to_end", backend, images / total, None, float(np.median(times)), s.steps, s.batch_size,
+                          model_nearby_images_per_s=s.batch_size / float(np.median(nearby)))
 
 
 def run_stages(s: Session, names: Optional[list[str]] = None, log: Callable[[str], None] = lambda m: None) -> list[Outcome]:
