@@ -127,10 +127,13 @@ def advise(p: Profile) -> list[str]:
                        f"{s.get('torch_threads')}) or wait on each other; try fewer loader workers or torch threads, "
                        f"a deeper loader.prefetch (now {s.get('prefetch')}), or a data path that does less on the host (cache)")
     load = (s.get("load_average") or [0])[0]
-    if s.get("device_kind") == "cpu" and s.get("torch_threads", 1) > 1 and load > cores:
-        out.append(f"this machine is oversubscribed (load average {load:.1f} on {cores} CPUs) and torch runs "
-                   f"{s.get('torch_threads')} intra-op threads, which wait for the slowest of them at every op: "
-                   f"compare with --torch-threads 1 (torch.set_num_threads(1))")
+    if load > cores:
+        line = (f"this machine is oversubscribed (load average {load:.1f} on {cores} CPUs): rates drift between "
+                "stages, so judge by the bracketed ratios and repeat the run before acting on a difference of 10-20%")
+        if s.get("device_kind") == "cpu" and s.get("torch_threads", 1) > 1:
+            line += (f"; torch runs {s.get('torch_threads')} intra-op threads, which wait for the slowest of them at "
+                     "every op here: compare with --torch-threads 1 (torch.set_num_threads(1))")
+        out.append(line)
     if not p.end_to_end:
         out.append("no end-to-end measurement: no backend could run here (see skipped)")
     return out
@@ -160,8 +163,11 @@ def _model_tips(p: Profile) -> str:
 
 
 def table(p: Profile) -> str:
+    st = p.settings
     lines = [f"device {p.device} | precision {p.precision} | batch {p.batch_size} | {p.cpu_count} CPUs"
-             + "".join(f" | {k} {v}" for k, v in p.settings.items() if k in ("load_average", "torch_threads", "optimizer")),
+             + (f" | torch threads {st['torch_threads']}" if "torch_threads" in st else "")
+             + (f" | load average {' '.join(map(str, st['load_average']))}" if "load_average" in st else "")
+             + (f" | {st['optimizer']}" if "optimizer" in st else ""),
              f"{'stage':<11}{'name':<36}{'images/s':>12}{'GB/s':>9}{'median s':>11}{'reps':>6}  feeds",
              "-" * 96]
     for r in p.results:
