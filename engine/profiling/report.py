@@ -211,12 +211,16 @@ def write_png(p: Profile, path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=80)
     labels = [r.label.replace(":", "\n", 1) for r in p.results]
-    ax.bar(range(len(p.results)), [r.images_per_s for r in p.results], color=[COLORS.get(r.stage, "grey") for r in p.results])
+    rates = [r.images_per_s for r in p.results]
+    bars = ax.bar(range(len(p.results)), rates, color=[COLORS.get(r.stage, "grey") for r in p.results])
+    ax.bar_label(bars, [f"{v:,.0f}" if v >= 100 else f"{v:,.1f}" for v in rates], fontsize=7)
     if p.model_images_per_s:
         ax.axhline(p.model_images_per_s, color="black", linestyle="--", linewidth=1,
                    label=f"model ceiling {p.model_images_per_s:,.1f} images/s")
         ax.legend(loc="upper right", fontsize=8)
     ax.set_yscale("log")
+    if rates:  # a floor well below the slowest bar, so small rates still show as bars
+        ax.set_ylim(bottom=min(rates + [p.model_images_per_s or min(rates)]) / 4, top=max(rates) * 3)
     ax.set_xticks(range(len(p.results)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("images/s (log)")
     ax.set_title(f"{p.device}, {p.precision}, batch {p.batch_size}, {p.cpu_count} CPUs", fontsize=9)

@@ -51,11 +51,11 @@ def run(tmp_path_factory):
     finally:
         del _BACKENDS["broken_for_test"]
     assert rc == 0
-    return json.loads((tmp / "p.json").read_text()), tmp / "p.png"
+    return json.loads((tmp / "p.json").read_text()), tmp / "p.png", cfg
 
 
 def test_json_schema(run):
-    out, _ = run
+    out, *_ = run
     assert isinstance(out["device"], str) and isinstance(out["precision"], str)
     assert out["batch_size"] == 4 and isinstance(out["cpu_count"], int) and out["cpu_count"] >= 1
     for s in out["stages"]:
@@ -70,7 +70,7 @@ def test_json_schema(run):
 
 
 def test_every_stage_reports_a_positive_rate(run):
-    out, _ = run
+    out, *_ = run
     measured = {s["stage"] for s in out["stages"]}
     assert measured >= {"read", "decode", "augment", "model", "end_to_end"}
     assert all(s["images_per_s"] > 0 and s["median_s"] > 0 for s in out["stages"])
@@ -80,7 +80,7 @@ def test_every_stage_reports_a_positive_rate(run):
 
 
 def test_end_to_end_covers_runnable_backends_and_skips_the_rest(run):
-    out, _ = run
+    out, *_ = run
     assert {"pil", "cache"} <= set(out["end_to_end"])
     assert all(e["ratio"] > 0 for e in out["end_to_end"].values())
     skipped = {(s["stage"], s["name"]): s["reason"] for s in out["skipped"]}
@@ -90,7 +90,7 @@ def test_end_to_end_covers_runnable_backends_and_skips_the_rest(run):
 
 
 def test_verdict_names_a_bound_stage_per_backend(run):
-    out, _ = run
+    out, *_ = run
     labels = {f"{s['stage']}:{s['name']}" for s in out["stages"]}
     assert set(out["bound"]) == set(out["end_to_end"])
     assert all(b in labels for b in out["bound"].values())
@@ -99,7 +99,7 @@ def test_verdict_names_a_bound_stage_per_backend(run):
 
 
 def test_png_is_written(run):
-    _, png = run
+    _, png, _ = run
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -122,3 +122,16 @@ def test_advice_rules_follow_the_numbers():
     # every stage alone is faster than the model, yet end to end lags: interference, not a slow stage
     (line,) = advise(_profile(decode_rate=500, e2e={"pil": 50}))
     assert "compete" in line
+
+
+def test_dali_decode_is_measured_when_dali_backends_are_registered(run, monkeypatch):
+    pytest.importorskip("nvidia.dali")
+    from engine.data.loaders import _BACKENDS
+    from engine.profiling.stages import Session, StageResult, _dali_decode
+
+    monkeypatch.setitem(_BACKENDS, "dali", lambda *a: None)
+    s = Session(run[2], steps=1, repeats=1, warmup=0)
+    paths = s.ctx.split("train").paths[:8]
+    got = {r.name: r for r in _dali_decode(s, paths, nbytes=8 * 1000)}
+    assert isinstance(got["dali cpu"], StageResult) and got["dali cpu"].images_per_s > 0
+    assert got["dali cpu"].feeds == (("dali",) if s.device.type == "cpu" else ())
