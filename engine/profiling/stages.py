@@ -230,8 +230,8 @@ def augment(s: Session) -> Iterator[Outcome]:
             aug = Augmenter(s.cfg.augment, out, s.cfg.run.seed, s.dtype, s.channels_last, impl=impl, device=s.device)
             epoch = iter(range(10**9))  # fresh parameters every call, as in training
             t = time_call(lambda: aug.train(images, ids, next(epoch)), s.device, s.repeats, s.warmup, device_events=True)
-        except ImportError as e:
-            yield Skipped("augment", impl, str(e))
+        except Exception as e:  # noqa: BLE001 - e.g. triton missing or failing to compile: report, go on
+            yield Skipped("augment", impl, f"{type(e).__name__}: {e}")
             continue
         yield StageResult("augment", impl, t.rate(b), t.rate(moved) / 1e9, t.median_s, t.repeats, b,
                           ("cache",) if impl == in_use else ())
