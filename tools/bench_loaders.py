@@ -11,6 +11,8 @@ e.g. "dali_cpu" there):
   cache_synth     the cache loader on a synthetic cache of --synthetic records at
                   --synthetic-size (default 256), written with the cache format by
                   replicating real decoded demo records (page-cache resident)
+  copy_limit      the same gathers as cache_synth as bare threaded np.take copies: the
+                  machine's memory-copy ceiling that cache_synth is measured against
   cache+augment   cache_synth plus the CPU reference augmentation of ``kernels``
                   (n/a when kernels is not installed)
   dali_cpu        loader.backend=dali: DALI file reader + decode + augment on DALI's CPU
@@ -128,7 +130,7 @@ def _synth_loader(cfg, ctx, args):
 
     reader = synthetic_cache(cfg, ctx, Path(cfg.cache.dir) / f"synthetic-{args.synthetic}-{args.synthetic_size}", args.synthetic, args.synthetic_size)
     return CacheLoader(reader, cfg.loader.batch_size, True, 0, 1, cfg.run.seed, cfg.loader.num_workers, cfg.loader.prefetch,
-                       cfg.loader.pin_memory)
+                       cfg.loader.pin_memory, release_pages=cfg.loader.release_pages)
 
 
 @loader_bench("cache_synth")
@@ -142,6 +144,25 @@ def bench_cache_synth(cfg, ctx, args) -> float:
     EXTRA["cache_synth_rss_mib"] = {"before_pass": rss_before, "after_pass": _rss(), "records": args.synthetic,
                                     "cache_mib": args.synthetic * loader.reader.stride >> 20}
     return rate
+
+
+@loader_bench("copy_limit")
+def bench_copy_limit(cfg, ctx, args) -> float:
+    """The ceiling for ``cache_synth``: the same random record gathers (one ``np.take`` per batch into a
+    reused buffer, ``loader.num_workers`` threads), with no loader around them: this machine's copy limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reader = _synth_loader(cfg, ctx, args).reader
+    n, bs, workers = reader.count, cfg.loader.batch_size, max(1, cfg.loader.num_workers)
+    rng = np.random.default_rng(0)
+    batches = [np.sort(rng.choice(n, bs, replace=False)) for _ in range(n // bs)]
+    buffers = [np.empty((bs, reader.stride), np.uint8) for _ in range(workers)]
+    gather = lambda k: np.take(reader.images, batches[k], axis=0, out=buffers[k % workers], mode="clip")  # noqa: E731
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(gather, range(len(batches))))  # warm: page cache and mapping
+        t0 = time.perf_counter()
+        list(pool.map(gather, range(len(batches))))
+    return len(batches) * bs / (time.perf_counter() - t0)
 
 
 @loader_bench("cache+augment")

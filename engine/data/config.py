@@ -55,6 +55,7 @@ class LoaderConfig:
     prefetch: int = 2  # batches kept ready ahead of the model
     pin_memory: bool = True  # page-locked host buffers (only used with a GPU)
     balanced_sampling: Literal["none", "inverse", "sqrt"] = "none"  # class-balanced training order
+    release_pages: bool = False  # cache: unmap read pages as it goes (flat file-backed RSS, ~1/3 slower)
     dali_prealloc_mb: int = 0  # DALI nvJPEG host/device buffer preallocation; 0 = card default
     dali_hw_decoder_load: Optional[float] = None  # share of JPEGs to the A100/H100 hardware decoder; null = per card
 

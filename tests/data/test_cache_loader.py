@@ -84,3 +84,18 @@ def test_mid_epoch_resume_yields_the_remaining_batches(built):
     assert len(rest) == len(expected) - 3
     for (idx, img), b in zip(expected[3:], rest):
         assert idx.tolist() == b.index.tolist() and bool((img == b.images).all())
+
+
+def test_released_pages_give_identical_batches(built, monkeypatch):
+    """loader.release_pages unmaps pages as it reads; what it serves must not change."""
+    import engine.data.cache.loader as cache_loader
+
+    cfg, ctx = built
+    monkeypatch.setattr(cache_loader, "DROP_PAGES_BYTES", 1)  # release after every batch
+    plain = [b.images.clone() for b in create_loader(cfg, ctx, "train", True)]
+    cfg.loader.release_pages = True
+    try:
+        released = [b.images.clone() for b in create_loader(cfg, ctx, "train", True)]
+    finally:
+        cfg.loader.release_pages = False
+    assert len(plain) == len(released) and all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(plain, released))
