@@ -150,7 +150,7 @@ def main() -> None:
         for impl in ("reference-cache", "reference-cache-compiled"):
             print(f"{impl} / PIL decode+transforms of the photos, per core: {cpu[(impl, 1)] / cpu[('pil-photos', 1)]:.1f}x")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
 
 
 if __name__ == "__main__":
