@@ -41,9 +41,14 @@ def shard_train(order: np.ndarray, rank: int, world: int, batch_size: int) -> np
     return order[rank::world][:per_rank]
 
 
+def eval_per_rank(n: int, world: int) -> int:
+    """Positions each rank evaluates: ceil(n/world), the shorter shards padded up to it."""
+    return -(-n // world)
+
+
 def shard_eval(n: int, rank: int, world: int) -> np.ndarray:
     """Contiguous block of positions for this rank, padded (with its own last position) to ceil(n/world)."""
-    per_rank = -(-n // world)
+    per_rank = eval_per_rank(n, world)
     start = min(rank * per_rank, n)
     block = np.arange(start, min(start + per_rank, n))
     if len(block) < per_rank:
