@@ -28,6 +28,7 @@ import torch
 from engine.data.batch import Batch
 from engine.data.cache.reader import CacheReader
 from engine.data.loader_base import ShardedLoader
+from engine.data.sampling import served_weights
 
 DROP_PAGES_BYTES = 256 << 20  # with release_pages: unmap touched cache pages after this many bytes gathered
 
@@ -45,13 +46,8 @@ class CacheLoader(ShardedLoader):
         RSS, at the price of re-faulting them (about a third of the throughput at 256 px).
         """
         self.reader = reader
-        good = reader.good
-        if sample_weights is not None:
-            sample_weights = np.asarray(sample_weights, dtype=np.float64)
-            if len(sample_weights) == reader.count and len(good) != reader.count:
-                sample_weights = sample_weights[good]  # rejected rows get no draws
-            sample_weights = sample_weights / sample_weights.sum()
-        super().__init__(len(good), batch_size, train, rank, world, seed, sample_weights)
+        sample_weights = served_weights(sample_weights, reader.good, reader.count)  # rejected rows get no draws
+        super().__init__(len(reader.good), batch_size, train, rank, world, seed, sample_weights)
         self.num_workers, self.prefetch = max(1, num_workers), max(1, prefetch)
         if device is None:
             device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -30,7 +30,7 @@ from engine.data.dali.pipelines import (READER, DecodeSettings, cache_pipeline, 
                                         pipe_kwargs)
 from engine.data.dataset import SplitData
 from engine.data.loader_base import ShardedLoader
-from engine.data.sampling import epoch_order, shard_eval, shard_train
+from engine.data.sampling import epoch_order, served_weights, shard_eval, shard_train
 from kernels.config import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,7 @@ class DaliLoader(_DaliBase):
         self.served = np.arange(len(data))  # split positions this loader serves (all but skipped bad images)
         if on_bad_image == "skip":
             self.served = self._skip_bad(num_threads, rejects_path)
-            if sample_weights is not None:
-                sample_weights = np.asarray(sample_weights, np.float64)[self.served]
-                sample_weights = sample_weights / sample_weights.sum()
+            sample_weights = served_weights(sample_weights, self.served, len(data))
         super().__init__(len(self.served), aug, size, batch_size, train, rank, world, seed, settings, num_threads,
                          prefetch, device_id, out_dtype, sample_weights)
 
@@ -166,13 +164,8 @@ class DaliCacheLoader(_DaliBase):
                  seed: int, settings: DecodeSettings, num_threads: int = 2, prefetch: int = 2,
                  device_id: Optional[int] = None, out_dtype: Optional[torch.dtype] = None, sample_weights=None):
         self.reader = reader
-        good = reader.good
-        if sample_weights is not None:  # one per split row, as create_loader computes them
-            sample_weights = np.asarray(sample_weights, np.float64)
-            if len(sample_weights) == reader.count and len(good) != reader.count:
-                sample_weights = sample_weights[good]
-            sample_weights = sample_weights / sample_weights.sum()
-        super().__init__(len(good), aug, size, batch_size, train, rank, world, seed, settings, num_threads, prefetch,
+        sample_weights = served_weights(sample_weights, reader.good, reader.count)
+        super().__init__(len(reader.good), aug, size, batch_size, train, rank, world, seed, settings, num_threads, prefetch,
                          device_id, out_dtype, sample_weights)
 
     def _source(self, batches: list[np.ndarray]):
