@@ -25,6 +25,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from engine import hardware
 from engine.data.batch import Batch
 from engine.data.cache.reader import CacheReader
 from engine.data.loader_base import ShardedLoader
@@ -49,9 +50,7 @@ class CacheLoader(ShardedLoader):
         sample_weights = served_weights(sample_weights, reader.good, reader.count)  # rejected rows get no draws
         super().__init__(len(reader.good), batch_size, train, rank, world, seed, sample_weights)
         self.num_workers, self.prefetch = max(1, num_workers), max(1, prefetch)
-        if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else hardware.default_device()
         self.pin = pin_memory and self.device.type == "cuda"
         self.release_pages = release_pages
         self._since_drop = 0
