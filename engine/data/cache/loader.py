@@ -68,15 +68,13 @@ class CacheLoader(ShardedLoader):
             scratch = np.empty((b, r.stride), np.uint8)
             np.take(r.images, records, axis=0, out=scratch, mode="clip")
             np.copyto(out[:b], scratch[:, : r.record_bytes])
-        fields = {name: np.asarray(arr[records]) for name, arr in r.fields.items()}
-        return fields
+        return r.batch_fields(records)
 
     def _to_batch(self, images: torch.Tensor, fields: dict[str, np.ndarray], non_blocking: bool) -> Batch:
         t = {k: torch.from_numpy(v) for k, v in fields.items()}
         if self.device.type != "cpu":
             t = {k: v.to(self.device, non_blocking=non_blocking) for k, v in t.items()}
-        return Batch(images=images, input_ids=t["input_ids"], attention_mask=t["attention_mask"], numeric=t["numeric"],
-                     categorical=t["categorical"], labels=t["labels"], index=t["rows"])
+        return Batch(images=images, **t)
 
     # --- the epoch ---------------------------------------------------------------------
 

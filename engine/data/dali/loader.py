@@ -187,9 +187,8 @@ class DaliCacheLoader(_DaliBase):
         for k, out in enumerate(_iterator(pipe, self.train, None)):
             got = out[0]["positions"].reshape(-1).numpy().astype(np.int64)
             self._check_order(got, batches[k], k)
-            f = {name: torch.from_numpy(np.asarray(arr[got])) for name, arr in r.fields.items()}
-            yield Batch(images=self._images(out[0]["images"]), input_ids=f["input_ids"], attention_mask=f["attention_mask"],
-                        numeric=f["numeric"], categorical=f["categorical"], labels=f["labels"], index=f["rows"])
+            fields = {name: torch.from_numpy(v) for name, v in r.batch_fields(got).items()}
+            yield Batch(images=self._images(out[0]["images"]), **fields)
 
 
 # --- from the run config ----------------------------------------------------------------------
