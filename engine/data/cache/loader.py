@@ -166,7 +166,7 @@ def create_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world: int
     from engine.data.cache.reader import open_cache
 
     reader = open_cache(cfg, ctx, split)
-    return CacheLoader(reader, cfg.loader.batch_size if train else cfg.loader.eval_bs, train, rank, world, cfg.run.seed,
+    return CacheLoader(reader, cfg.loader.batch_size_for(train), train, rank, world, cfg.run.seed,
                        cfg.loader.num_workers, cfg.loader.prefetch, cfg.loader.pin_memory, None, weights,
                        cfg.loader.release_pages)
 

@@ -212,7 +212,7 @@ def _settings_for_this_process(cfg) -> tuple[DecodeSettings, Optional[int], Opti
 def create_dali_loader(cfg, ctx, split: str, train: bool, rank: int, world: int, weights) -> DaliLoader:
     settings, device_id, out_dtype = _settings_for_this_process(cfg)
     rejects = Path(cfg.run_dir) / f"rejects-dali-{split}.csv" if rank == 0 else None
-    return DaliLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size if train else cfg.loader.eval_bs,
+    return DaliLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size_for(train),
                       train, rank, world, cfg.run.seed, settings, cfg.loader.num_workers, cfg.loader.prefetch, device_id,
                       out_dtype, cfg.data.on_bad_image, rejects, weights)
 
@@ -222,5 +222,5 @@ def create_dali_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world
 
     settings, device_id, out_dtype = _settings_for_this_process(cfg)
     return DaliCacheLoader(open_cache(cfg, ctx, split), cfg.augment, cfg.data.image_size,
-                           cfg.loader.batch_size if train else cfg.loader.eval_bs, train, rank, world, cfg.run.seed,
+                           cfg.loader.batch_size_for(train), train, rank, world, cfg.run.seed,
                            settings, cfg.loader.num_workers, cfg.loader.prefetch, device_id, out_dtype, weights)
