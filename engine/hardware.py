@@ -48,14 +48,17 @@ def _parse_forced(value: str) -> DeviceInfo:
     return DeviceInfo("cuda", (major, minor), f"sm_{major}{minor} (forced)")
 
 
+def default_device() -> torch.device:
+    """The current CUDA device if there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def device_info(device: Optional[torch.device | str] = None) -> DeviceInfo:
-    """Describe ``device`` (default: the current CUDA device if any, else the CPU)."""
+    """Describe ``device`` (default: ``default_device()``)."""
     forced = os.environ.get(FORCE_ENV)
     if forced:
         return _parse_forced(forced)
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else default_device()
     if device.type != "cuda":
         return DeviceInfo("cpu", None, "cpu")
     cap = torch.cuda.get_device_capability(device)

@@ -76,8 +76,7 @@ def make_demo_data(out: Path, n_train: int = 480, n_val: int = 120, n_test: int 
     jobs = []
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        jobs += [(out, len(jobs), split, seed) for _ in range(n)]
-        jobs = [(o, k, s, sd) for k, (o, _, s, sd) in enumerate(jobs)]
+        jobs += [(out, len(jobs) + k, split, seed) for k in range(n)]  # image index runs on across splits
     with Pool(workers or None) as pool:
         rows = list(tqdm(pool.imap(_make, jobs, chunksize=4), total=len(jobs), desc="demo images", unit="img"))
     manifest = out / "manifest.csv"

@@ -68,3 +68,7 @@ class LoaderConfig:
     @property
     def eval_bs(self) -> int:
         return self.eval_batch_size or self.batch_size
+
+    def batch_size_for(self, train: bool) -> int:
+        """The per-rank batch of a training or an evaluation loader."""
+        return self.batch_size if train else self.eval_bs

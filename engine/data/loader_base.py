@@ -6,7 +6,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from engine.data.batch import Batch
-from engine.data.sampling import epoch_order, shard_eval, shard_train
+from engine.data.sampling import epoch_order, eval_per_rank, shard_eval, shard_train, train_batches_per_rank
 
 
 class ShardedLoader:
@@ -37,7 +37,10 @@ class ShardedLoader:
         return shard_eval(self.n, self.rank, self.world)
 
     def __len__(self) -> int:
-        return -(-len(self.positions()) // self.batch_size) if not self.train else len(self.positions()) // self.batch_size
+        # from the sizes alone: positions() would draw the whole epoch's permutation just to count it
+        if self.train:
+            return train_batches_per_rank(self.n, self.batch_size, self.world)
+        return -(-eval_per_rank(self.n, self.world) // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:

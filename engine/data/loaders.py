@@ -34,7 +34,7 @@ def create_loader(cfg, ctx: DataContext, split: str, train: bool, rank: int = 0,
 def _pil(cfg, ctx, split, train, rank, world, weights):
     from engine.data.reference import PilLoader
 
-    return PilLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size if train else cfg.loader.eval_bs,
+    return PilLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size_for(train),
                      train, rank, world, cfg.run.seed, cfg.loader.num_workers, cfg.loader.prefetch,
                      cfg.loader.pin_memory and _cuda(), weights)
 

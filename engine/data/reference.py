@@ -62,8 +62,7 @@ class PilDataset(Dataset):
                 x = self.transform(img)
         else:
             x = self.transform(img)
-        sample = {k: v for k, v in self.data.fields(np.array([position])).items()}
-        sample = {k: torch.as_tensor(v[0]) for k, v in sample.items()}
+        sample = {k: torch.as_tensor(v[0]) for k, v in self.data.fields(np.array([position])).items()}
         sample["images"] = x
         return sample
 

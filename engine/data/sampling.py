@@ -23,6 +23,20 @@ def class_weights(labels: np.ndarray, mode: Literal["inverse", "sqrt"]) -> np.nd
     return w / w.sum()
 
 
+def served_weights(weights: Optional[np.ndarray], served: np.ndarray, total: int) -> Optional[np.ndarray]:
+    """Sampling probabilities over the ``served`` positions of a split of ``total`` rows.
+
+    ``weights`` are one per split row (as ``create_loader`` computes them; rows left out get no
+    draws) or already one per served position; either way they are renormalised to sum to 1.
+    """
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64)
+    if len(weights) == total and len(served) != total:
+        weights = weights[served]
+    return weights / weights.sum()
+
+
 def epoch_order(n: int, seed: int, epoch: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
     """Positions 0..n-1 in this epoch's global order (weighted: n draws with replacement)."""
     rng = np.random.default_rng([seed, epoch, 0xDA7A])
@@ -41,9 +55,14 @@ def shard_train(order: np.ndarray, rank: int, world: int, batch_size: int) -> np
     return order[rank::world][:per_rank]
 
 
+def eval_per_rank(n: int, world: int) -> int:
+    """Positions each rank evaluates: ceil(n/world), the shorter shards padded up to it."""
+    return -(-n // world)
+
+
 def shard_eval(n: int, rank: int, world: int) -> np.ndarray:
     """Contiguous block of positions for this rank, padded (with its own last position) to ceil(n/world)."""
-    per_rank = -(-n // world)
+    per_rank = eval_per_rank(n, world)
     start = min(rank * per_rank, n)
     block = np.arange(start, min(start + per_rank, n))
     if len(block) < per_rank:

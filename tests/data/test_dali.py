@@ -19,6 +19,7 @@ from PIL import Image
 pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
 
 from engine import hardware  # noqa: E402
+from engine.data.cache.reader import CacheReader  # noqa: E402
 from engine.data.config import DataConfig  # noqa: E402
 from engine.data.dali.bad_images import BadImageError  # noqa: E402
 from engine.data.dali.loader import DaliCacheLoader, DaliLoader  # noqa: E402
@@ -171,6 +172,8 @@ class _FakeCache:
         self.good = np.arange(self.count)
         self.fields = {"rows": data.rows, "labels": data.labels, "input_ids": data.input_ids,
                        "attention_mask": data.attention_mask, "numeric": data.numeric, "categorical": data.categorical}
+
+    batch_fields = CacheReader.batch_fields  # the real naming of fields into a Batch (it reads only .fields)
 
 
 @pytest.mark.parametrize("train", [True, False])

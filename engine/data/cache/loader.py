@@ -25,9 +25,11 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from engine import hardware
 from engine.data.batch import Batch
 from engine.data.cache.reader import CacheReader
 from engine.data.loader_base import ShardedLoader
+from engine.data.sampling import served_weights
 
 DROP_PAGES_BYTES = 256 << 20  # with release_pages: unmap touched cache pages after this many bytes gathered
 
@@ -45,17 +47,10 @@ class CacheLoader(ShardedLoader):
         RSS, at the price of re-faulting them (about a third of the throughput at 256 px).
         """
         self.reader = reader
-        good = reader.good
-        if sample_weights is not None:
-            sample_weights = np.asarray(sample_weights, dtype=np.float64)
-            if len(sample_weights) == reader.count and len(good) != reader.count:
-                sample_weights = sample_weights[good]  # rejected rows get no draws
-            sample_weights = sample_weights / sample_weights.sum()
-        super().__init__(len(good), batch_size, train, rank, world, seed, sample_weights)
+        sample_weights = served_weights(sample_weights, reader.good, reader.count)  # rejected rows get no draws
+        super().__init__(len(reader.good), batch_size, train, rank, world, seed, sample_weights)
         self.num_workers, self.prefetch = max(1, num_workers), max(1, prefetch)
-        if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else hardware.default_device()
         self.pin = pin_memory and self.device.type == "cuda"
         self.release_pages = release_pages
         self._since_drop = 0
@@ -73,15 +68,13 @@ class CacheLoader(ShardedLoader):
             scratch = np.empty((b, r.stride), np.uint8)
             np.take(r.images, records, axis=0, out=scratch, mode="clip")
             np.copyto(out[:b], scratch[:, : r.record_bytes])
-        fields = {name: np.asarray(arr[records]) for name, arr in r.fields.items()}
-        return fields
+        return r.batch_fields(records)
 
     def _to_batch(self, images: torch.Tensor, fields: dict[str, np.ndarray], non_blocking: bool) -> Batch:
         t = {k: torch.from_numpy(v) for k, v in fields.items()}
         if self.device.type != "cpu":
             t = {k: v.to(self.device, non_blocking=non_blocking) for k, v in t.items()}
-        return Batch(images=images, input_ids=t["input_ids"], attention_mask=t["attention_mask"], numeric=t["numeric"],
-                     categorical=t["categorical"], labels=t["labels"], index=t["rows"])
+        return Batch(images=images, **t)
 
     # --- the epoch ---------------------------------------------------------------------
 
@@ -173,7 +166,7 @@ def create_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world: int
     from engine.data.cache.reader import open_cache
 
     reader = open_cache(cfg, ctx, split)
-    return CacheLoader(reader, cfg.loader.batch_size if train else cfg.loader.eval_bs, train, rank, world, cfg.run.seed,
+    return CacheLoader(reader, cfg.loader.batch_size_for(train), train, rank, world, cfg.run.seed,
                        cfg.loader.num_workers, cfg.loader.prefetch, cfg.loader.pin_memory, None, weights,
                        cfg.loader.release_pages)
 

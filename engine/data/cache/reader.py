@@ -51,6 +51,10 @@ class CacheReader:
         with open(self.folder / fmt.REJECTS, newline="") as f:
             return list(csv.DictReader(f))
 
+    def batch_fields(self, records: np.ndarray) -> dict[str, np.ndarray]:
+        """The non-image ``Batch`` fields of ``records``, named as in ``Batch`` (``rows`` is its ``index``)."""
+        return {("index" if name == "rows" else name): np.asarray(arr[records]) for name, arr in self.fields.items()}
+
     def record(self, i: int) -> np.ndarray:
         """Record ``i`` as uint8 [S, S, 3] (a view into the map)."""
         return self.images[i, : self.record_bytes].reshape(self.size, self.size, 3)

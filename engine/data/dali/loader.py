@@ -30,7 +30,7 @@ from engine.data.dali.pipelines import (READER, DecodeSettings, cache_pipeline, 
                                         pipe_kwargs)
 from engine.data.dataset import SplitData
 from engine.data.loader_base import ShardedLoader
-from engine.data.sampling import epoch_order, shard_eval, shard_train
+from engine.data.sampling import epoch_order, served_weights, shard_eval, shard_train
 from kernels.config import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,7 @@ class DaliLoader(_DaliBase):
         self.served = np.arange(len(data))  # split positions this loader serves (all but skipped bad images)
         if on_bad_image == "skip":
             self.served = self._skip_bad(num_threads, rejects_path)
-            if sample_weights is not None:
-                sample_weights = np.asarray(sample_weights, np.float64)[self.served]
-                sample_weights = sample_weights / sample_weights.sum()
+            sample_weights = served_weights(sample_weights, self.served, len(data))
         super().__init__(len(self.served), aug, size, batch_size, train, rank, world, seed, settings, num_threads,
                          prefetch, device_id, out_dtype, sample_weights)
 
@@ -166,13 +164,8 @@ class DaliCacheLoader(_DaliBase):
                  seed: int, settings: DecodeSettings, num_threads: int = 2, prefetch: int = 2,
                  device_id: Optional[int] = None, out_dtype: Optional[torch.dtype] = None, sample_weights=None):
         self.reader = reader
-        good = reader.good
-        if sample_weights is not None:  # one per split row, as create_loader computes them
-            sample_weights = np.asarray(sample_weights, np.float64)
-            if len(sample_weights) == reader.count and len(good) != reader.count:
-                sample_weights = sample_weights[good]
-            sample_weights = sample_weights / sample_weights.sum()
-        super().__init__(len(good), aug, size, batch_size, train, rank, world, seed, settings, num_threads, prefetch,
+        sample_weights = served_weights(sample_weights, reader.good, reader.count)
+        super().__init__(len(reader.good), aug, size, batch_size, train, rank, world, seed, settings, num_threads, prefetch,
                          device_id, out_dtype, sample_weights)
 
     def _source(self, batches: list[np.ndarray]):
@@ -194,9 +187,8 @@ class DaliCacheLoader(_DaliBase):
         for k, out in enumerate(_iterator(pipe, self.train, None)):
             got = out[0]["positions"].reshape(-1).numpy().astype(np.int64)
             self._check_order(got, batches[k], k)
-            f = {name: torch.from_numpy(np.asarray(arr[got])) for name, arr in r.fields.items()}
-            yield Batch(images=self._images(out[0]["images"]), input_ids=f["input_ids"], attention_mask=f["attention_mask"],
-                        numeric=f["numeric"], categorical=f["categorical"], labels=f["labels"], index=f["rows"])
+            fields = {name: torch.from_numpy(v) for name, v in r.batch_fields(got).items()}
+            yield Batch(images=self._images(out[0]["images"]), **fields)
 
 
 # --- from the run config ----------------------------------------------------------------------
@@ -220,7 +212,7 @@ def _settings_for_this_process(cfg) -> tuple[DecodeSettings, Optional[int], Opti
 def create_dali_loader(cfg, ctx, split: str, train: bool, rank: int, world: int, weights) -> DaliLoader:
     settings, device_id, out_dtype = _settings_for_this_process(cfg)
     rejects = Path(cfg.run_dir) / f"rejects-dali-{split}.csv" if rank == 0 else None
-    return DaliLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size if train else cfg.loader.eval_bs,
+    return DaliLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size_for(train),
                       train, rank, world, cfg.run.seed, settings, cfg.loader.num_workers, cfg.loader.prefetch, device_id,
                       out_dtype, cfg.data.on_bad_image, rejects, weights)
 
@@ -230,5 +222,5 @@ def create_dali_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world
 
     settings, device_id, out_dtype = _settings_for_this_process(cfg)
     return DaliCacheLoader(open_cache(cfg, ctx, split), cfg.augment, cfg.data.image_size,
-                           cfg.loader.batch_size if train else cfg.loader.eval_bs, train, rank, world, cfg.run.seed,
+                           cfg.loader.batch_size_for(train), train, rank, world, cfg.run.seed,
                            settings, cfg.loader.num_workers, cfg.loader.prefetch, device_id, out_dtype, weights)
