@@ -50,7 +50,8 @@ class TabularEncoder:
         for j, col in enumerate(self.categorical_columns):
             lookup = {v: k + 1 for k, v in enumerate(self.vocabs[j])}
             for i, r in enumerate(rows):
-                cat[i, j] = lookup.get(str(r.get(col)), 0)
+                v = r.get(col)
+                cat[i, j] = 0 if v in (None, "") else lookup.get(str(v), 0)  # missing is unknown, as in fit()
         return num, cat
 
     def to_dict(self) -> dict:
