@@ -22,7 +22,7 @@ from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
 from engine.training.run_dir import RunDir, provenance
-from engine.training.stages import apply_train_mode, stage_epochs, stage_lr, stage_of
+from engine.training.stages import stage_epochs, stage_lr, stage_of
 from engine.training.step import DevicePipe, training_loss
 from engine.training.wrap import deepspeed_config, release, wrap_model
 
@@ -107,8 +107,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
 def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState, dist: DistInfo, epoch: int,
                 steps_per_epoch: int, num_classes: int, class_weights=None, monitor: Optional[Monitor] = None,
                 save_last: Optional[Callable[[], None]] = None, stop_after_step: Optional[int] = None) -> dict:
-    engine.train()
-    apply_train_mode(engine.module)  # frozen encoders keep their norm statistics
+    engine.train()  # FusionModel.train keeps the norm statistics of frozen encoders fixed
     skip_nonfinite = pipe.dtype == torch.float16  # fp16: DeepSpeed's loss scaler skips overflowing steps
     total = steps_per_epoch * cfg.train.grad_accum
     start = loader.batches_done  # > 0 when resuming mid-epoch
