@@ -50,8 +50,7 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
                                      load_optimizer_states=False, load_lr_scheduler_states=False)
     if path is None:
         raise FileNotFoundError(f"no checkpoint '{checkpoint}' in {run / 'checkpoints'}")
-    channels_last = hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last)
-    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), channels_last)
+    pipe = DevicePipe.for_device(cfg, dist.device, precision)
     loader = create_loader(cfg, ctx, split, False, dist.rank, dist.world)
     rows, labels, probs = predict(engine, loader, pipe, dist, len(ctx.classes))
     metrics = split_metrics(labels, probs, ctx.classes, cfg, split)
