@@ -35,6 +35,7 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     from engine.data.dataset import DataContext
     from engine.data.loaders import create_loader
     from engine.models import create_model
+    from engine.training.checkpoint import load_weights
     from engine.training.distributed import init_distributed
     from engine.training.loop import predict, split_metrics
     from engine.training.step import DevicePipe
@@ -46,10 +47,7 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
     precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
     engine, _, _ = wrap_model(model, cfg, dist.device, precision, dist.world, 1, cfg.optim.lr)
-    path, _ = engine.load_checkpoint(str(run / "checkpoints"), tag=checkpoint, load_module_only=True,
-                                     load_optimizer_states=False, load_lr_scheduler_states=False)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint '{checkpoint}' in {run / 'checkpoints'}")
+    load_weights(engine, run / "checkpoints", checkpoint)
     pipe = DevicePipe.for_device(cfg, dist.device, precision)
     loader = create_loader(cfg, ctx, split, False, dist.rank, dist.world)
     rows, labels, probs = predict(engine, loader, pipe, dist, len(ctx.classes))

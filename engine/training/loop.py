@@ -16,7 +16,7 @@ from engine.config import Config
 from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
 from engine.models import create_model
-from engine.training.checkpoint import TrainState, load_checkpoint, peek_state, save_checkpoint
+from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
 from engine.training.distributed import DistInfo, all_gather_cat, average_buffers, init_distributed
 from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
@@ -201,8 +201,7 @@ def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistIn
     """After the last epoch: test split on the best weights (eval.test), curves.png, summary.json."""
     test = None
     if cfg.eval.test:
-        engine.load_checkpoint(str(run.checkpoints), tag="best", load_module_only=True, load_optimizer_states=False,
-                               load_lr_scheduler_states=False)
+        load_weights(engine, run.checkpoints, "best")
         test = evaluate(engine, create_loader(cfg, ctx, "test", False, dist.rank, dist.world), pipe, ctx.classes, cfg, dist, "test")
         run.write_json("test_metrics.json", {"checkpoint": "best", **test})
     monitor.close()
