@@ -25,8 +25,7 @@ def load_run_config(run: Path, overrides: list[str]):
 
     from engine.config import _merge, config_from_dict, parse_overrides
 
-    tree = yaml.safe_load((run / "config.yaml").read_text())
-    tree.pop("provenance", None)
+    tree = yaml.safe_load((run / "config.yaml").read_text())  # config_from_dict drops its provenance
     return config_from_dict(_merge(tree, parse_overrides(overrides)) if overrides else tree)
 
 
