@@ -123,15 +123,17 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
         if not torch.isfinite(loss) and not skip_nonfinite:  # a CPU-GPU sync point, worth it to stop early
             raise NonFiniteLoss(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {state.global_step}, "
                                 f"batch {i} (manifest rows {batch.index[:8].tolist()}...); last good checkpoint kept")
+        # asked before step(), which advances DeepSpeed's micro-step counter (after it, this names the next batch)
+        boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
         seen += batch.size
         step_time += time.perf_counter() - t_step
         bar.update(1)
-        if engine.is_gradient_accumulation_boundary():
+        if boundary:
             state.global_step += 1
-            if i % cfg.train.log_every == 0:
+            if (i // cfg.train.grad_accum) % cfg.train.log_every == 0:
                 ips = seen * dist.world / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{engine.get_lr()[0]:.2e}", img_s=f"{ips:.0f}")
                 if monitor is not None:
