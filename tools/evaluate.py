@@ -25,8 +25,7 @@ def load_run_config(run: Path, overrides: list[str]):
 
     from engine.config import _merge, config_from_dict, parse_overrides
 
-    tree = yaml.safe_load((run / "config.yaml").read_text())
-    tree.pop("provenance", None)
+    tree = yaml.safe_load((run / "config.yaml").read_text())  # config_from_dict drops its provenance
     return config_from_dict(_merge(tree, parse_overrides(overrides)) if overrides else tree)
 
 
@@ -35,6 +34,7 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     from engine.data.dataset import DataContext
     from engine.data.loaders import create_loader
     from engine.models import create_model
+    from engine.training.checkpoint import load_weights
     from engine.training.distributed import init_distributed
     from engine.training.loop import predict, split_metrics
     from engine.training.step import DevicePipe
@@ -46,12 +46,8 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
     precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
     engine, _, _ = wrap_model(model, cfg, dist.device, precision, dist.world, 1, cfg.optim.lr)
-    path, _ = engine.load_checkpoint(str(run / "checkpoints"), tag=checkpoint, load_module_only=True,
-                                     load_optimizer_states=False, load_lr_scheduler_states=False)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint '{checkpoint}' in {run / 'checkpoints'}")
-    channels_last = hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last)
-    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), channels_last)
+    load_weights(engine, run / "checkpoints", checkpoint)
+    pipe = DevicePipe.for_device(cfg, dist.device, precision)
     loader = create_loader(cfg, ctx, split, False, dist.rank, dist.world)
     rows, labels, probs = predict(engine, loader, pipe, dist, len(ctx.classes))
     metrics = split_metrics(labels, probs, ctx.classes, cfg, split)

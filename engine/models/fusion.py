@@ -173,7 +173,8 @@ class FusionModel(nn.Module):
         """Every parameter (trainable now or after unfreezing) in exactly one group.
 
         Each group: ``name`` (backbone, text, tabular, fusion, head), ``params``, ``lr_scale``
-        (``lr_scales[name]``, else 1; the trainer passes optim.backbone_lr_scale / text_lr_scale), ``layer_id`` (depth in its module,
+        (``lr_scales[name]``, else 1; the trainer passes none and applies optim.backbone_lr_scale /
+        text_lr_scale by group name, engine.training.optim), ``layer_id`` (depth in its module,
         0 = input side, num_layers - 1 = output side; None for modules without depth),
         ``num_layers``, and ``no_weight_decay`` (biases, norms, scalars, position embeddings).
         Layer-wise decay: lr * lr_scale * decay ** (num_layers - 1 - layer_id).

@@ -25,7 +25,7 @@ class ModelStep:
 
 def model_step_fn(cfg, ctx, device: torch.device, precision: str, channels_last: bool) -> ModelStep:
     """Model + AdamW + loss as a step callable, and the DevicePipe the training loop uses."""
-    from engine.hardware import torch_dtype
+    from engine.hardware import device_info, fused_adam_available, torch_dtype
     from engine.models import create_model
     from engine.training.step import DevicePipe, classification_loss
 
@@ -35,7 +35,7 @@ def model_step_fn(cfg, ctx, device: torch.device, precision: str, channels_last:
         model.image.to(memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
-                                  fused=device.type == "cuda" or None)
+                                  fused=fused_adam_available(device_info(device)) or None)
     dtype = torch_dtype(precision)
     # Mixed precision by autocast (DeepSpeed would cast the weights instead; the matmuls run in the same dtype).
     amp = (lambda: torch.autocast(device.type, dtype=dtype)) if precision != "fp32" else contextlib.nullcontext

@@ -78,7 +78,7 @@ class Session:
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.info.kind == "cuda" else torch.device("cpu")
         self.precision = hardware.choose_precision(self.info, cfg.train.precision)
         self.dtype = hardware.torch_dtype(self.precision)
-        self.channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else hardware.channels_last_preferred(self.info)
+        self.channels_last = hardware.use_channels_last(self.info, cfg.train.channels_last)
         self.batch_size = cfg.loader.batch_size
         self.workers = cfg.loader.num_workers or os.cpu_count() or 1
         self.ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length)

@@ -83,3 +83,11 @@ def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: b
     if load_optimizer and rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return TrainState(**client["train_state"]), client["loader"]
+
+
+def load_weights(engine, folder: Path, tag: str) -> None:
+    """Collective. Only the model weights of checkpoint ``tag`` (evaluation of 'best' or 'last')."""
+    path, _ = engine.load_checkpoint(str(folder), tag=tag, load_module_only=True, load_optimizer_states=False,
+                                     load_lr_scheduler_states=False)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint '{tag}' under {folder}")

@@ -16,13 +16,13 @@ from engine.config import Config
 from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
 from engine.models import create_model
-from engine.training.checkpoint import TrainState, load_checkpoint, peek_state, save_checkpoint
+from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
 from engine.training.distributed import DistInfo, all_gather_cat, average_buffers, init_distributed
 from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
 from engine.training.run_dir import RunDir, provenance
-from engine.training.stages import apply_train_mode, stage_epochs, stage_lr, stage_of
+from engine.training.stages import stage_epochs, stage_lr, stage_of
 from engine.training.step import DevicePipe, training_loss
 from engine.training.wrap import deepspeed_config, release, wrap_model
 
@@ -60,8 +60,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     val_loader = create_loader(cfg, ctx, "val", False, dist.rank, dist.world)
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
-    channels_last = hardware.use_channels_last(hardware.device_info(dist.device), cfg.train.channels_last)
-    pipe = DevicePipe(cfg, dist.device, hardware.torch_dtype(precision), channels_last)
+    pipe = DevicePipe.for_device(cfg, dist.device, precision)
     weights = loss_class_weights(ctx.split("train").labels, len(ctx.classes), cfg.train.class_weights)
     state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0))
     engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
@@ -107,8 +106,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
 def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState, dist: DistInfo, epoch: int,
                 steps_per_epoch: int, num_classes: int, class_weights=None, monitor: Optional[Monitor] = None,
                 save_last: Optional[Callable[[], None]] = None, stop_after_step: Optional[int] = None) -> dict:
-    engine.train()
-    apply_train_mode(engine.module)  # frozen encoders keep their norm statistics
+    engine.train()  # FusionModel.train keeps the norm statistics of frozen encoders fixed
     skip_nonfinite = pipe.dtype == torch.float16  # fp16: DeepSpeed's loss scaler skips overflowing steps
     total = steps_per_epoch * cfg.train.grad_accum
     start = loader.batches_done  # > 0 when resuming mid-epoch
@@ -125,15 +123,17 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
         if not torch.isfinite(loss) and not skip_nonfinite:  # a CPU-GPU sync point, worth it to stop early
             raise NonFiniteLoss(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {state.global_step}, "
                                 f"batch {i} (manifest rows {batch.index[:8].tolist()}...); last good checkpoint kept")
+        # asked before step(), which advances DeepSpeed's micro-step counter (after it, this names the next batch)
+        boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
         seen += batch.size
         step_time += time.perf_counter() - t_step
         bar.update(1)
-        if engine.is_gradient_accumulation_boundary():
+        if boundary:
             state.global_step += 1
-            if i % cfg.train.log_every == 0:
+            if (i // cfg.train.grad_accum) % cfg.train.log_every == 0:
                 ips = seen * dist.world / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{engine.get_lr()[0]:.2e}", img_s=f"{ips:.0f}")
                 if monitor is not None:
@@ -203,8 +203,7 @@ def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistIn
     """After the last epoch: test split on the best weights (eval.test), curves.png, summary.json."""
     test = None
     if cfg.eval.test:
-        engine.load_checkpoint(str(run.checkpoints), tag="best", load_module_only=True, load_optimizer_states=False,
-                               load_lr_scheduler_states=False)
+        load_weights(engine, run.checkpoints, "best")
         test = evaluate(engine, create_loader(cfg, ctx, "test", False, dist.rank, dist.world), pipe, ctx.classes, cfg, dist, "test")
         run.write_json("test_metrics.json", {"checkpoint": "best", **test})
     monitor.close()

@@ -13,7 +13,6 @@ from torch import nn
 from engine.config import Config
 
 Stage = Literal["frozen", "finetune"]
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 def stage_of(cfg: Config, epoch: int) -> Stage:
@@ -30,29 +29,13 @@ def stage_epochs(cfg: Config, stage: Stage) -> int:
     return cfg.train.frozen_epochs if stage == "frozen" else cfg.train.epochs - cfg.train.frozen_epochs
 
 
-def _encoders(model: nn.Module) -> list[nn.Module]:
-    return [m for m in (getattr(model, "image", None), getattr(model, "text", None)) if m is not None]
-
-
 def set_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze the image backbone and text encoder (the model's own ``set_frozen`` when it has one)."""
-    if callable(getattr(model, "set_frozen", None)):
-        model.set_frozen(frozen)
-    else:
-        for encoder in _encoders(model):
-            encoder.requires_grad_(not frozen)
-    model._engine_frozen = frozen
-    apply_train_mode(model)
+    """Freeze the image backbone and text encoder through the model's own ``set_frozen``.
 
-
-def apply_train_mode(model: nn.Module) -> None:
-    """Put the norm layers of frozen encoders back in eval after ``.train()``: their statistics stay fixed.
-
-    Needed because DeepSpeed's ``engine.train()`` calls ``module.train()``, which
-    a model without its own freezing logic would let switch every norm to training.
+    FusionModel's ``train()`` keeps the norm layers of frozen encoders in eval, so
+    their statistics stay fixed across DeepSpeed's ``engine.train()`` too.
     """
-    if getattr(model, "_engine_frozen", False):
-        for encoder in _encoders(model):
-            for m in encoder.modules():
-                if isinstance(m, _NORMS):
-                    m.eval()
+    if hasattr(model, "set_frozen"):
+        model.set_frozen(frozen)
+    elif frozen:
+        raise TypeError(f"{type(model).__name__} has no set_frozen(): it cannot train with frozen encoders")

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from engine import hardware
 from engine.config import Config
 from engine.data.batch import Batch
 
@@ -22,6 +23,12 @@ class DevicePipe:
     def __init__(self, cfg: Config, device: torch.device, dtype: torch.dtype, channels_last: bool):
         self.cfg, self.device, self.dtype, self.channels_last = cfg, device, dtype, channels_last
         self._augmenter = None
+
+    @classmethod
+    def for_device(cls, cfg: Config, device: torch.device, precision: str) -> "DevicePipe":
+        """The pipe of a run: dtype of ``precision``, layout from train.channels_last and the card."""
+        channels_last = hardware.use_channels_last(hardware.device_info(device), cfg.train.channels_last)
+        return cls(cfg, device, hardware.torch_dtype(precision), channels_last)
 
     @property
     def augmenter(self):

@@ -119,3 +119,19 @@ def test_class_weights():
     assert inv.mean().item() == pytest.approx(1.0) and inv[1] / inv[0] == pytest.approx(3.0)
     sqrt = loss_class_weights(labels, 2, "sqrt")
     assert sqrt[1] / sqrt[0] == pytest.approx(math.sqrt(3.0))
+
+
+def test_accumulation_boundary_is_asked_before_step():
+    """train_epoch counts an optimizer update when is_gradient_accumulation_boundary() holds *before* step()."""
+    from engine.training.distributed import init_distributed
+    from engine.training.wrap import wrap_model
+
+    dist = init_distributed()
+    cfg = load_config(None, {"train": {"grad_accum": 2}, "loader": {"batch_size": 2}})
+    engine, _, _ = wrap_model(nn.Linear(3, 2), cfg, dist.device, "fp32", dist.world, total_steps=4, base_lr=1.0)
+    for _ in range(4):
+        before = engine.module.weight.detach().clone()
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(engine(torch.randn(2, 3)).sum())
+        engine.step()
+        assert boundary == (not torch.equal(before, engine.module.weight))
