@@ -1,7 +1,6 @@
 """Fixtures shared across test packages: a tiny demo dataset and a tiny text encoder, made once per session."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -9,24 +8,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # tools/ are scripts, not a package: tests import them by file name
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "tools" / "make_demo_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_demo_data"] = mod  # its worker pool pickles functions by module name
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="session")
 def tiny_demo_dataset(tmp_path_factory) -> Path:
     """The demo dataset at 32/16/16 samples with thumbnail-sized photos; returns the manifest path."""
-    mod = _demo_module()
-    mod.SIZES = [(96, 72), (80, 80), (72, 96)]  # decode cost is not what these tests measure
-    return mod.make_demo_data(tmp_path_factory.mktemp("tiny_demo"), 32, 16, 16, seed=0, workers=2)
+    from make_demo_data import make_demo_data
+
+    thumbnails = [(96, 72), (80, 80), (72, 96)]  # decode cost is not what these tests measure
+    return make_demo_data(tmp_path_factory.mktemp("tiny_demo"), 32, 16, 16, seed=0, workers=2, sizes=thumbnails)
 
 
 @pytest.fixture(scope="session")

@@ -55,10 +55,10 @@ def _text(rng: np.random.Generator, stormy: bool) -> str:
 
 
 def _make(args) -> dict:
-    out, i, split, seed = args
+    out, i, split, seed, sizes = args
     rng = np.random.default_rng([seed, i])
     warm, stormy = bool(rng.integers(2)), bool(rng.integers(2))
-    size = SIZES[rng.integers(len(SIZES))]
+    size = sizes[rng.integers(len(sizes))]
     rel = f"images/{split}/{i:05d}.jpg"
     _photo(rng, warm, size).save(out / rel, quality=90)
     return {
@@ -71,12 +71,14 @@ def _make(args) -> dict:
     }
 
 
-def make_demo_data(out: Path, n_train: int = 480, n_val: int = 120, n_test: int = 120, seed: int = 0, workers: int = 0) -> Path:
+def make_demo_data(out: Path, n_train: int = 480, n_val: int = 120, n_test: int = 120, seed: int = 0, workers: int = 0,
+                   sizes: list[tuple[int, int]] = SIZES) -> Path:
+    """Write the data set under ``out``; ``sizes`` are the photo sizes drawn from (tests pass thumbnails)."""
     out = Path(out)
     jobs = []
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        jobs += [(out, len(jobs) + k, split, seed) for k in range(n)]  # image index runs on across splits
+        jobs += [(out, len(jobs) + k, split, seed, sizes) for k in range(n)]  # image index runs on across splits
     with Pool(workers or None) as pool:
         rows = list(tqdm(pool.imap(_make, jobs, chunksize=4), total=len(jobs), desc="demo images", unit="img"))
     manifest = out / "manifest.csv"

@@ -1,13 +1,8 @@
 """The demo data set: photo-sized JPEGs, and labels that need both the image and the text."""
 import csv
-import sys
-from pathlib import Path
-
 import numpy as np
+from make_demo_data import CALM, STORMY, make_demo_data
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from make_demo_data import CALM, STORMY, make_demo_data  # noqa: E402
 
 
 def test_demo_data_is_photo_sized_and_label_needs_both_modalities(tmp_path):
