@@ -35,6 +35,18 @@ def main(argv: list[str] | None = None) -> dict:
         return train(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch, stop_after_step=args.stop_after_step)
     except ConfigError as e:  # found once the run knows its world size and card (DeepSpeed config)
         ap.exit(2, f"config error: {e}\n")
+    except input_errors() as e:  # the user's data or files: one message naming file/row, not a traceback
+        ap.exit(2, f"error: {e}\n")
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """Problems with the user's manifest, images, cache or weights, each raised with a message that names them."""
+    from engine.data.cache.format import CacheError
+    from engine.data.dali.bad_images import BadImageError
+    from engine.data.manifest import ManifestError
+    from engine.models.backbones import PretrainedWeightsError
+
+    return ManifestError, CacheError, BadImageError, PretrainedWeightsError
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """`engine/train.py` stops before any training on bad input, with one message naming the key, file or row."""
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from engine.data.manifest import ManifestError
 from engine.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def test_wrong_type_exits_naming_the_key(capsys):
     assert "train.epochs" in capsys.readouterr().err
 
 
-def test_manifest_problems_stop_before_training(tmp_path):
+def test_manifest_problems_stop_before_training(tmp_path, capsys):
     (tmp_path / "a.jpg").write_bytes(b"")
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as f:
@@ -40,9 +40,22 @@ def test_manifest_problems_stop_before_training(tmp_path):
         w.writerow(["image", "text", "age", "site", "label", "split"])
         w.writerow(["a.jpg", "t", "1", "x", "c", "train"])
         w.writerow(["../outside.jpg", "t", "1", "x", "c", "val"])
-    with pytest.raises(ManifestError, match=r"escape data.root.*line 3"):
+    with pytest.raises(SystemExit) as e:
         main(["--config", str(_recipe(tmp_path, manifest))])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "escape data.root" in err and "line 3" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_missing_cache_is_one_message_with_the_build_command(tmp_path, capsys):
+    from make_demo_data import make_demo_data
+
+    manifest = make_demo_data(tmp_path / "d", 4, 2, 2, workers=1, sizes=[(64, 48)])
+    with pytest.raises(SystemExit):
+        main(["--config", str(_recipe(tmp_path, manifest)), f"--cache.dir={tmp_path / 'nocache'}"])
+    err = capsys.readouterr().err
+    assert re.search(r"(^|\n)error: no train cache", err) and "tools/build_cache.py" in err and "Traceback" not in err
 
 
 def test_launcher_style_script_invocation_reports_config_error():

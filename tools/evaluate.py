@@ -82,7 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = ap.parse_known_args(argv)
-    metrics = evaluate_run(args.run, args.split, args.checkpoint, overrides)
+    from engine.config import ConfigError
+    from engine.train import input_errors
+
+    try:
+        metrics = evaluate_run(args.run, args.split, args.checkpoint, overrides)
+    except (ConfigError, FileNotFoundError, *input_errors()) as e:  # one message naming the file, not a traceback
+        ap.exit(2, f"error: {e}\n")
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(scalars, indent=2))
