@@ -176,7 +176,7 @@ class FusionModel(nn.Module):
         (``lr_scales[name]``, else 1; the trainer passes none and applies optim.backbone_lr_scale /
         text_lr_scale by group name, engine.training.optim), ``layer_id`` (depth in its module,
         0 = input side, num_layers - 1 = output side; None for modules without depth),
-        ``num_layers``, and ``no_weight_decay`` (biases, norms, scalars, position embeddings).
+        ``num_layers``, and ``no_weight_decay`` (every 1-d parameter: biases, norms, scalars; plus what the timm backbone lists in its own no_weight_decay(), e.g. ViT position embeddings).
         Layer-wise decay: lr * lr_scale * decay ** (num_layers - 1 - layer_id).
         """
         depth: dict[str, tuple[dict[str, int], int]] = {}
