@@ -212,7 +212,10 @@ def _inherit(tree: dict, path: Path, seen: tuple) -> dict:
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str] | dict] = None) -> Config:
-    """Read ``path`` (YAML), apply ``overrides``, validate; errors name the key and the file."""
+    """Read ``path`` (YAML), apply ``overrides``, validate; errors name the key and the file.
+
+    A run's resolved ``config.yaml`` loads too: its ``provenance`` section is a record, not settings.
+    """
     tree: dict = {}
     source = "defaults"
     if path is not None:
@@ -227,6 +230,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         tree = _inherit(tree, path, seen=(path.resolve(),))
+        tree.pop("provenance", None)
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         tree = _merge(tree, over)

@@ -101,3 +101,10 @@ def test_shipped_recipes_load():
 
     for recipe in sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")):
         load_config(recipe)
+
+
+def test_a_runs_resolved_config_loads_as_a_recipe(tmp_path):
+    cfg = load_config(None, ["--run.name=x", "--train.epochs=3"])
+    save_config(cfg, tmp_path / "config.yaml", provenance={"git_commit": "abc", "seed": 0})
+    again = load_config(tmp_path / "config.yaml", ["--train.epochs=5"])
+    assert again.run.name == "x" and again.train.epochs == 5

@@ -21,12 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def load_run_config(run: Path, overrides: list[str]):
-    import yaml
+    from engine.config import load_config
 
-    from engine.config import _merge, config_from_dict, parse_overrides
-
-    tree = yaml.safe_load((run / "config.yaml").read_text())  # config_from_dict drops its provenance
-    return config_from_dict(_merge(tree, parse_overrides(overrides)) if overrides else tree)
+    return load_config(run / "config.yaml", overrides)
 
 
 def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overrides: list[str] | None = None) -> dict:
