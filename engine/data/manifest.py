@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -45,38 +46,29 @@ class Manifest:
         return ["" if self.rows[i].get(name) is None else str(self.rows[i][name]) for i in indices]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path, text: str) -> list[dict]:
+    """Rows of the manifest ``text`` (read from ``path``), each tagged with its line number."""
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ManifestError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ManifestError(f"{path}: line {lineno} is not a JSON object")
-                row["_line"] = lineno
-                rows.append(row)
+        for lineno, line in enumerate(text.split("\n"), 1):  # "\n" only: JSON strings may hold other line breaks
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ManifestError(f"{path}: line {lineno} is not a JSON object")
+            row["_line"] = lineno
+            rows.append(row)
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            rows = []
-            for row in reader:
-                row["_line"] = reader.line_num
-                rows.append(row)
-            return rows
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        rows = []
+        for row in reader:
+            row["_line"] = reader.line_num
+            rows.append(row)
+        return rows
     raise ManifestError(f"{path}: unsupported manifest type '{path.suffix}' (use .csv, .tsv or .jsonl)")
 
 
@@ -110,7 +102,11 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
     root = Path(cfg.root) if cfg.root else path.parent
     if not root.is_dir():
         raise ManifestError(f"data.root: {root} is not a folder")
-    rows = _read_rows(path)
+    raw = path.read_bytes()  # read once: the version hash is of exactly the bytes parsed below
+    try:
+        rows = _read_rows(path, raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.start}); save the manifest as UTF-8") from None
     if not rows:
         raise ManifestError(f"{path}: no rows")
 
@@ -152,7 +148,7 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
     classes = _label_classes(raw_labels)
     lookup = {c: i for i, c in enumerate(classes)}
     labels = np.array([lookup[v] for v in raw_labels], dtype=np.int64)
-    return Manifest(path, root, rows, classes, labels, splits, file_sha256(path))
+    return Manifest(path, root, rows, classes, labels, splits, hashlib.sha256(raw).hexdigest())
 
 
 def select_split(manifest: Manifest, split: str, max_samples: Optional[int], seed: int) -> np.ndarray:

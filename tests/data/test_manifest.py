@@ -98,3 +98,14 @@ def test_mixed_labels_stay_textual(tmp_path):
     labels = ["01", "a", "1", "a", "b", "01"]
     m = load_manifest(_cfg(_write(tmp_path, _rows(label=lambda i: labels[i]))))
     assert m.classes == ["01", "1", "a", "b"] and m.labels.tolist() == [0, 2, 1, 2, 3, 0]
+
+
+def test_version_is_the_sha256_of_the_manifest_bytes_and_non_utf8_is_named(tmp_path):
+    import hashlib
+
+    manifest = _write(tmp_path, _rows())
+    m = load_manifest(_cfg(manifest, text_column=None))
+    assert m.version == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    manifest.write_bytes(manifest.read_bytes() + "img/0.jpg,caf\xe9,a,train\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=rf"{manifest}: not UTF-8"):
+        load_manifest(_cfg(manifest, text_column=None))
