@@ -157,17 +157,16 @@ def _run_jobs(jobs, partial: Path, n: int, cfg, split: str, data, workers: Optio
     workers = max(1, min(workers, len(jobs)))
     init = (str(partial / fmt.IMAGES), n, cfg.cache.stored_size, cfg.cache.resize_policy, cfg.cache.draft,
             str(partial / fmt.CHUNKS), cfg.data.on_bad_image)
-    bar = tqdm(total=n, initial=already, unit="img", desc=f"cache {split}", disable=not progress, smoothing=0.1)
     decoded = 0
-    with get_context("fork" if os.name == "posix" else "spawn").Pool(workers, _init_worker, init) as pool:
+    context = get_context("fork" if os.name == "posix" else "spawn")
+    with tqdm(total=n, initial=already, unit="img", desc=f"cache {split}", disable=not progress, smoothing=0.1) as bar, \
+            context.Pool(workers, _init_worker, init) as pool:  # both closed on any exception, not only bad images
         for k, count, rejects in pool.imap_unordered(_build_chunk, jobs):
             decoded += count
             bar.update(count)
             if rejects and cfg.data.on_bad_image == "error":
                 pool.terminate()
-                bar.close()
                 raise CacheBuildError(_bad_report(rejects, data, cfg, split))
-    bar.close()
     return decoded
 
 
@@ -193,8 +192,7 @@ def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, stri
         shutil.rmtree(partial / fmt.CHUNKS)  # records do not match what the workers wrote: rebuild from scratch
         (partial / fmt.CHUNKS).mkdir()
         raise fmt.CacheError(f"{partial}: {len(bad)} records changed after they were written (first: {bad[:5]}); rerun to rebuild")
-    rejected = {r["record"] for r in rejects}
-    good = np.array([i for i in range(n) if i not in rejected], dtype=np.int64)
+    good = np.setdiff1d(np.arange(n, dtype=np.int64), [r["record"] for r in rejects])  # sorted, like the records
     for name, dtype in fmt.FIELDS.items():
         np.save(partial / f"{name}.npy", np.ascontiguousarray(getattr(data, name), dtype=dtype))
     np.save(partial / fmt.CHECKSUMS, sums)
