@@ -74,8 +74,8 @@ class Session:
         from engine.data.dataset import DataContext
 
         self.cfg, self.steps, self.repeats, self.warmup = cfg, max(1, steps), max(1, repeats), max(0, warmup)
-        self.info = hardware.device_info()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.info.kind == "cuda" else torch.device("cpu")
+        self.device = hardware.default_device()  # the real device, even when a capability is forced for a test
+        self.info = hardware.device_info(self.device)
         self.precision = hardware.choose_precision(self.info, cfg.train.precision)
         self.dtype = hardware.torch_dtype(self.precision)
         self.channels_last = hardware.use_channels_last(self.info, cfg.train.channels_last)
