@@ -13,12 +13,16 @@ images in [0, 1]):
 5. random erasing with value 0 (after normalisation, as torchvision's
    RandomErasing placed after Normalize).
 
-Everything is batched: the resize is two gathers driven by [B, S] index/weight
-tables; jitter runs in float32 on the output-size image.
+Everything is batched.  The resize is one ``grid_sample`` at the source
+positions of the shared sampling tables (``_tables``): it computes those
+positions from float32 grid coordinates, which moves them by up to ~1e-5 px
+against the tables' exact values (the tests state the resulting tolerance).
+The jitter runs in place in float32 on the output-size image.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kernels.augment._tables import sampling_tables
 from kernels.augment.params import AugmentParams
@@ -26,31 +30,68 @@ from kernels.augment.params import AugmentParams
 GRAY = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale weights
 
 
-def _resize(images: torch.Tensor, params: AugmentParams, out_size: int) -> torch.Tensor:
-    """[B,H,W,C] -> [B,C,S,S] float32 in [0, 1]; rows then columns, like the Triton kernel."""
+def position_atol(in_size: int, std_min: float = 0.225) -> float:
+    """Absolute tolerance on normalised outputs that the float32 grid coordinates allow.
+
+    A position up to ``in_size`` goes through ~4 float32 roundings (the lerp, the two grid
+    affine ops, grid_sample's unnormalise), so it moves by at most ``in_size * 2**-21`` px; a
+    neighbour step of at most 1.0 turns that into a value error, which jitter can grow by up
+    to ~2.7x (three factors <= 1.4) and normalisation by ``1 / std``.  Plus 1e-5 of
+    float32 rounding for the rest of the pipeline.
+    """
+    return in_size * 2.0**-21 * 2.7 / std_min + 1e-5
+
+
+def _grid_axis(i0: torch.Tensor, i1: torch.Tensor, w: torch.Tensor, size: int) -> torch.Tensor:
+    """Source positions ``i0 + w (i1 - i0)`` (exactly i0 where the window edge clamps) as
+    grid_sample's align_corners=False coordinate in [-1, 1]."""
+    pos = i0.float() + w * (i1 - i0).float()
+    return pos.mul_(2.0 / size).add_(1.0 / size - 1.0)
+
+
+def _resize(images: torch.Tensor, params: AugmentParams, out_size: int, scratch=None) -> torch.Tensor:
+    """[B,H,W,C] -> [B,C,S,S] float32 *in the input's units* (0..255 for uint8; ``colour`` scales it to
+    [0, 1] in its first pass): crop + bilinear resize + flip as one batched grid_sample.
+
+    ``scratch``: optional (float NHWC input, grid) buffers of at least B samples, reused across the CPU
+    chunks of a batch (fresh large allocations cost a page fault per 4 KiB on every chunk).
+    """
     t = sampling_tables(params, out_size)
-    B, H, W, C = images.shape
+    B, H, W, _ = images.shape
     S = out_size
-    bi = torch.arange(B, device=images.device)[:, None]
-    unit = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
-    wy = t.wy[:, :, None, None]
-    rows = images[bi, t.y0.long()].float() * (1.0 - wy) + images[bi, t.y1.long()].float() * wy  # [B,S,W,C]
-    rows = rows.permute(0, 3, 1, 2)  # [B,C,S,W] view, W innermost
-    idx0 = t.x0.long()[:, None, None, :].expand(B, C, S, S)
-    idx1 = t.x1.long()[:, None, None, :].expand(B, C, S, S)
-    wx = t.wx[:, None, None, :]
-    out = rows.gather(3, idx0) * (1.0 - wx) + rows.gather(3, idx1) * wx
-    return out.mul_(unit) if unit != 1.0 else out
+    if scratch is None:
+        x = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+        grid = torch.empty((B, S, S, 2), dtype=torch.float32, device=images.device)
+    else:
+        x, grid = scratch[0][:B], scratch[1][:B]
+    x.copy_(images)  # NHWC float, one pass (a uint8 * float multiply would make a float temporary first)
+    grid[..., 0] = _grid_axis(t.x0, t.x1, t.wx, W)[:, None, :]
+    grid[..., 1] = _grid_axis(t.y0, t.y1, t.wy, H)[:, :, None]
+    return F.grid_sample(x.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _per_sample(v: torch.Tensor) -> torch.Tensor:
+    return v.to(torch.float32).view(-1, 1, 1, 1)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """[B,3,S,S] -> [B,1,S,S]."""
-    return (x[:, 0] * GRAY[0] + x[:, 1] * GRAY[1] + x[:, 2] * GRAY[2]).unsqueeze(1)
+    """[B,3,S,S] -> [B,1,S,S]: r*0.2989 + g*0.587 + b*0.114, per element (so independent of the batch
+    split, which a batched matmul is not), accumulated in place."""
+    g = x[:, 0:1] * GRAY[0]
+    return g.add_(x[:, 1:2], alpha=GRAY[1]).add_(x[:, 2:3], alpha=GRAY[2])
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = factor.view(-1, 1, 1, 1)
-    return (x * f + other * (1.0 - f)).clamp_(0.0, 1.0)
+def _gray_mean(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,1,1] mean of the grayscale image, from the channel means (linear, so no gray image is made)."""
+    return _gray(x.mean(dim=(2, 3), keepdim=True))
+
+
+def _blend_(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: ``clamp(x * f + other * (1 - f), 0, 1)`` (torchvision's _blend), three passes over x.
+    ``other`` is a fresh temporary and is scaled in place.  (mul_ + add_ beat one addcmul here: with
+    per-sample [B,1,1,1] operands addcmul runs 2-3x slower on CPU.)"""
+    f = _per_sample(factor)
+    return x.mul_(f).add_(other.mul_(1.0 - f)).clamp_(0.0, 1.0)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,16 +136,19 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(h, s, v)
 
 
-def colour(x: torch.Tensor, params: AugmentParams, jitter: tuple[bool, bool, bool, bool], grayscale: bool) -> torch.Tensor:
-    """Jitter (fixed order) and grayscale on [B,3,S,S] float32 in [0, 1]; ``jitter`` says which ops are on."""
+def colour(x: torch.Tensor, params: AugmentParams, jitter: tuple[bool, bool, bool, bool], grayscale: bool,
+           unit: float = 1.0) -> torch.Tensor:
+    """Jitter (fixed order) and grayscale on [B,3,S,S] float32, in place; ``jitter`` says which ops are on.
+    ``x * unit`` is the image in [0, 1]; the scaling shares brightness's pass."""
     do_b, do_c, do_s, do_h = jitter
     if do_b:
-        x = x.mul_(params.brightness.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+        x = x.mul_(_per_sample(params.brightness) * unit).clamp_(0.0, 1.0)
+    elif unit != 1.0:
+        x = x.mul_(unit)
     if do_c:
-        mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = _blend(x, mean, params.contrast)
+        x = _blend_(x, _gray_mean(x), params.contrast)
     if do_s:
-        x = _blend(x, _gray(x), params.saturation)
+        x = _blend_(x, _gray(x), params.saturation)
     if do_h:
         x = adjust_hue(x, params.hue)
     if grayscale:
@@ -121,19 +165,20 @@ def erase_mask(params: AugmentParams, out_size: int) -> torch.Tensor:
     return (params.erase[:, None, None] & rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
 
 
-CPU_CHUNK = 4  # samples per step on CPU: keeps the float intermediates in cache (4x faster than a whole 64-batch)
+CPU_CHUNK = 4  # samples per step on CPU: keeps the float intermediates near the core's cache
 
 
-_compiled_apply = None
+_compiled_finish = None
 
 
 def _compiled():
-    """``_apply`` through torch.compile: Inductor fuses the ~20 eager passes into a few C++ loops
-    (2-3x on CPU). Compiled once per process per shape (tens of seconds; cached on disk by Inductor)."""
-    global _compiled_apply
-    if _compiled_apply is None:
-        _compiled_apply = torch.compile(_apply, dynamic=False)
-    return _compiled_apply
+    """``_finish`` through torch.compile: Inductor fuses the jitter/normalise passes into a few C++
+    loops. The resize stays eager (Inductor's decomposition of grid_sample is slower on CPU).
+    Compiled once per process per shape (tens of seconds; cached on disk by Inductor)."""
+    global _compiled_finish
+    if _compiled_finish is None:
+        _compiled_finish = torch.compile(_finish, dynamic=False)
+    return _compiled_finish
 
 
 def apply_reference(images: torch.Tensor, params: AugmentParams, out_size: int, mean, std,
@@ -142,27 +187,36 @@ def apply_reference(images: torch.Tensor, params: AugmentParams, out_size: int, 
                     grayscale: bool = True, erasing: bool = True, compile: bool = False) -> torch.Tensor:
     """The whole pipeline with explicit params (see module docstring for the contract).
 
-    ``compile=True`` runs the same function through torch.compile (same results to float rounding).
+    ``compile=True`` runs the colour/normalise part through torch.compile (same results to float rounding).
     """
-    B = images.shape[0]
+    B, H, W, _ = images.shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     params = params.to(images.device)
-    fn = _compiled() if compile else _apply
+    finish = _compiled() if compile else _finish
+    unit = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
+    flags = (out_size, mean, std, jitter, grayscale, erasing, unit)
     if images.device.type != "cpu" or B <= CPU_CHUNK:
-        return fn(images, params, out_size, mean, std, jitter, grayscale, erasing).to(dtype=dtype, memory_format=fmt)
+        return finish(_resize(images, params, out_size), params, *flags).to(dtype=dtype, memory_format=fmt)
     out = torch.empty((B, 3, out_size, out_size), dtype=dtype, memory_format=fmt)
+    scratch = (torch.empty((CPU_CHUNK, H, W, 3)), torch.empty((CPU_CHUNK, out_size, out_size, 2)))
     for s in range(0, B, CPU_CHUNK):
         e = min(B, s + CPU_CHUNK)
-        out[s:e] = fn(images[s:e], params.select(slice(s, e)), out_size, mean, std, jitter, grayscale, erasing)
+        p = params.select(slice(s, e))
+        x = _resize(images[s:e], p, out_size, scratch)
+        if compile:
+            out[s:e] = finish(x, p, *flags)
+        else:
+            finish(x, p, *flags, out=out[s:e])
     return out
 
 
-def _apply(images, params, out_size, mean, std, jitter, grayscale, erasing) -> torch.Tensor:
-    x = _resize(images, params, out_size)
-    x = colour(x, params, jitter, grayscale)
+def _finish(x, params, out_size, mean, std, jitter, grayscale, erasing, unit, out=None) -> torch.Tensor:
+    """Colour, normalise and erase the resized [B,3,S,S] batch (``x * unit`` in [0, 1]), in place
+    (eager) or into ``out``."""
+    x = colour(x, params, jitter, grayscale, unit)
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    x = x.sub_(m).div_(s)
+    x = torch.div(x.sub_(m), s, out=x if out is None else out)
     if erasing:
         x = x.masked_fill_(erase_mask(params, out_size), 0.0)
     return x

@@ -1,19 +1,22 @@
 """Fused Triton kernel vs the PyTorch reference on identical params (interpreter on CPU).
 
-Tolerance: the two share sampling tables and do the same float32 operations
-in the same order, so fp32 outputs agree to ~1e-6; we allow 1e-5 abs + 1e-5
-rel.  For fp16/bf16 the float32 results may round to neighbouring values, so
-we allow one unit in the last place (rtol 2**-10 / 2**-7) plus 1e-4 abs.
+Tolerance: the two share sampling tables; the kernel samples at the tables'
+exact positions, the reference's grid_sample at float32 grid coordinates, so
+fp32 outputs agree to ``position_atol(input size)`` abs (derived in
+reference.py; ~3e-4 at these sizes, 2% of one uint8 step after
+normalisation) + 1e-5 rel.  For fp16/bf16 the float32 results may round to
+neighbouring values, so we also allow one unit in the last place
+(rtol 2**-10 / 2**-7).
 The output is pre-filled with NaN so an element the kernel never writes fails.
 """
 import pytest
 import torch
 
 from kernels import AugmentConfig, apply_reference, apply_triton, eval_params, sample_params
+from kernels.augment.reference import position_atol
 pytest.importorskip("triton")  # conftest has set TRITON_INTERPRET=1 on CPU-only machines
 
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2**-10, atol=1e-4),
-       torch.bfloat16: dict(rtol=2**-7, atol=1e-4)}
+RTOL = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 FULL = AugmentConfig(hue=0.3, grayscale=0.5, erasing=0.5)
 
 
@@ -36,7 +39,8 @@ def check(images, params, S, cfg, dtype, channels_last, **kw):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
     assert not out.isnan().any(), "kernel left elements unwritten"
-    torch.testing.assert_close(out.float(), ref.float().to(out.device), **TOL[dtype])
+    atol = position_atol(max(images.shape[1:3]))
+    torch.testing.assert_close(out.float(), ref.float().to(out.device), rtol=RTOL[dtype], atol=atol)
 
 
 @pytest.mark.parametrize("B,H,W,S", [(1, 16, 16, 8), (3, 37, 53, 17), (4, 24, 40, 32), (2, 20, 20, 20)])
@@ -85,5 +89,5 @@ def test_cuda_full_size(dtype):
     ref = apply_reference(images, params.to("cuda"), 224, FULL.mean, FULL.std, dtype=dtype, **kw)
     out = apply_triton(images, params, 224, FULL.mean, FULL.std, dtype=dtype, out=poisoned(16, 224, dtype, False, "cuda"), **kw)
     assert not out.isnan().any()
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else TOL[dtype]
-    torch.testing.assert_close(out.float(), ref.float(), **tol)
+    rtol = 1e-4 if dtype == torch.float32 else RTOL[dtype]
+    torch.testing.assert_close(out.float(), ref.float(), rtol=rtol, atol=position_atol(256))
