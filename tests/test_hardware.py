@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from engine import hardware as hw
@@ -65,3 +67,15 @@ def test_bad_forced_value(monkeypatch):
     monkeypatch.setenv(hw.FORCE_ENV, "eight")
     with pytest.raises(ValueError, match=hw.FORCE_ENV):
         hw.device_info()
+
+
+def test_engine_import_puts_large_cpu_tensors_on_huge_pages_by_default():
+    """``import engine`` (done by every entry point before torch) defaults THP_MEM_ALLOC_ENABLE=1; an explicit value wins."""
+    import subprocess
+    import sys
+
+    code = "import os, engine; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "1"
+    env["THP_MEM_ALLOC_ENABLE"] = "0"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "0"

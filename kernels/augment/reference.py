@@ -18,8 +18,15 @@ positions of the shared sampling tables (``_tables``): it computes those
 positions from float32 grid coordinates, which moves them by up to ~1e-5 px
 against the tables' exact values (the tests state the resulting tolerance).
 The jitter runs in place in float32 on the output-size image.
+
+On CPU a batch runs in chunks of ``CPU_CHUNK`` samples so the float
+intermediates stay near the core's cache; what every chunk needs per sample
+(grid coordinates, jitter factors, erase boxes) is prepared once per batch as a
+``_Plan`` that the chunks slice, and the chunks share scratch buffers.
 """
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +49,22 @@ def position_atol(in_size: int, std_min: float = 0.225) -> float:
     return in_size * 2.0**-21 * 2.7 / std_min + 1e-5
 
 
+class _Plan(NamedTuple):
+    """Per-sample tensors of one batch, prepared once; ``chunk`` slices them for a CPU chunk."""
+    gx: torch.Tensor  # [B,S] grid x coordinates (flip folded in)
+    gy: torch.Tensor  # [B,S]
+    brightness: torch.Tensor  # [B,1,1,1] float32, times the input unit (1/255 for uint8)
+    contrast: torch.Tensor  # [B,1,1,1]
+    saturation: torch.Tensor  # [B,1,1,1]
+    hue: torch.Tensor  # [B,1,1]
+    gray: torch.Tensor  # [B,1,1,1] bool
+    erase: Optional[torch.Tensor]  # [B,1,S,S] bool, None when erasing is off
+    unit: float  # x * unit is the resized image in [0, 1]
+
+    def chunk(self, s: int, e: int) -> "_Plan":
+        return _Plan(*(v[s:e] if isinstance(v, torch.Tensor) else v for v in self))
+
+
 def _grid_axis(i0: torch.Tensor, i1: torch.Tensor, w: torch.Tensor, size: int) -> torch.Tensor:
     """Source positions ``i0 + w (i1 - i0)`` (exactly i0 where the window edge clamps) as
     grid_sample's align_corners=False coordinate in [-1, 1]."""
@@ -49,29 +72,36 @@ def _grid_axis(i0: torch.Tensor, i1: torch.Tensor, w: torch.Tensor, size: int) -
     return pos.mul_(2.0 / size).add_(1.0 / size - 1.0)
 
 
-def _resize(images: torch.Tensor, params: AugmentParams, out_size: int, scratch=None) -> torch.Tensor:
+def _plan(params: AugmentParams, in_hw: tuple[int, int], out_size: int, unit: float, erasing: bool) -> _Plan:
+    t = sampling_tables(params, out_size)
+
+    def per_sample(v: torch.Tensor) -> torch.Tensor:
+        return v.to(torch.float32).view(-1, 1, 1, 1)
+
+    return _Plan(gx=_grid_axis(t.x0, t.x1, t.wx, in_hw[1]), gy=_grid_axis(t.y0, t.y1, t.wy, in_hw[0]),
+                 brightness=per_sample(params.brightness) * unit, contrast=per_sample(params.contrast),
+                 saturation=per_sample(params.saturation), hue=params.hue.to(torch.float32).view(-1, 1, 1),
+                 gray=params.gray.view(-1, 1, 1, 1), erase=erase_mask(params, out_size) if erasing else None,
+                 unit=unit)
+
+
+def _resize(images: torch.Tensor, plan: _Plan, scratch=None) -> torch.Tensor:
     """[B,H,W,C] -> [B,C,S,S] float32 *in the input's units* (0..255 for uint8; ``colour`` scales it to
     [0, 1] in its first pass): crop + bilinear resize + flip as one batched grid_sample.
 
     ``scratch``: optional (float NHWC input, grid) buffers of at least B samples, reused across the CPU
     chunks of a batch (fresh large allocations cost a page fault per 4 KiB on every chunk).
     """
-    t = sampling_tables(params, out_size)
-    B, H, W, _ = images.shape
-    S = out_size
+    B, S = plan.gx.shape
     if scratch is None:
         x = torch.empty(images.shape, dtype=torch.float32, device=images.device)
         grid = torch.empty((B, S, S, 2), dtype=torch.float32, device=images.device)
     else:
         x, grid = scratch[0][:B], scratch[1][:B]
     x.copy_(images)  # NHWC float, one pass (a uint8 * float multiply would make a float temporary first)
-    grid[..., 0] = _grid_axis(t.x0, t.x1, t.wx, W)[:, None, :]
-    grid[..., 1] = _grid_axis(t.y0, t.y1, t.wy, H)[:, :, None]
+    grid[..., 0] = plan.gx[:, None, :]
+    grid[..., 1] = plan.gy[:, :, None]
     return F.grid_sample(x.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def _per_sample(v: torch.Tensor) -> torch.Tensor:
-    return v.to(torch.float32).view(-1, 1, 1, 1)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -86,11 +116,10 @@ def _gray_mean(x: torch.Tensor) -> torch.Tensor:
     return _gray(x.mean(dim=(2, 3), keepdim=True))
 
 
-def _blend_(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _blend_(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """In place: ``clamp(x * f + other * (1 - f), 0, 1)`` (torchvision's _blend), three passes over x.
     ``other`` is a fresh temporary and is scaled in place.  (mul_ + add_ beat one addcmul here: with
     per-sample [B,1,1,1] operands addcmul runs 2-3x slower on CPU.)"""
-    f = _per_sample(factor)
     return x.mul_(f).add_(other.mul_(1.0 - f)).clamp_(0.0, 1.0)
 
 
@@ -131,28 +160,28 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
 
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``factor``: [B,1,1] hue shift in turns."""
     h, s, v = _rgb_to_hsv(x)
-    h = torch.remainder(h + factor.view(-1, 1, 1), 1.0)
+    h = torch.remainder(h + factor, 1.0)
     return _hsv_to_rgb(h, s, v)
 
 
-def colour(x: torch.Tensor, params: AugmentParams, jitter: tuple[bool, bool, bool, bool], grayscale: bool,
-           unit: float = 1.0) -> torch.Tensor:
+def colour(x: torch.Tensor, plan: _Plan, jitter: tuple[bool, bool, bool, bool], grayscale: bool) -> torch.Tensor:
     """Jitter (fixed order) and grayscale on [B,3,S,S] float32, in place; ``jitter`` says which ops are on.
-    ``x * unit`` is the image in [0, 1]; the scaling shares brightness's pass."""
+    ``x * plan.unit`` is the image in [0, 1]; the scaling shares brightness's pass."""
     do_b, do_c, do_s, do_h = jitter
     if do_b:
-        x = x.mul_(_per_sample(params.brightness) * unit).clamp_(0.0, 1.0)
-    elif unit != 1.0:
-        x = x.mul_(unit)
+        x = x.mul_(plan.brightness).clamp_(0.0, 1.0)
+    elif plan.unit != 1.0:
+        x = x.mul_(plan.unit)
     if do_c:
-        x = _blend_(x, _gray_mean(x), params.contrast)
+        x = _blend_(x, _gray_mean(x), plan.contrast)
     if do_s:
-        x = _blend_(x, _gray(x), params.saturation)
+        x = _blend_(x, _gray(x), plan.saturation)
     if do_h:
-        x = adjust_hue(x, params.hue)
+        x = adjust_hue(x, plan.hue)
     if grayscale:
-        x = torch.where(params.gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = torch.where(plan.gray, _gray(x).expand_as(x), x)
     return x
 
 
@@ -191,32 +220,31 @@ def apply_reference(images: torch.Tensor, params: AugmentParams, out_size: int, 
     """
     B, H, W, _ = images.shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    params = params.to(images.device)
-    finish = _compiled() if compile else _finish
     unit = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
-    flags = (out_size, mean, std, jitter, grayscale, erasing, unit)
-    if images.device.type != "cpu" or B <= CPU_CHUNK:
-        return finish(_resize(images, params, out_size), params, *flags).to(dtype=dtype, memory_format=fmt)
+    plan = _plan(params.to(images.device), (H, W), out_size, unit, erasing)
+    dev = images.device
+    norm = (torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1))
+    finish = _compiled() if compile else _finish
+    if dev.type != "cpu" or B <= CPU_CHUNK:
+        return finish(_resize(images, plan), plan, norm, jitter, grayscale).to(dtype=dtype, memory_format=fmt)
     out = torch.empty((B, 3, out_size, out_size), dtype=dtype, memory_format=fmt)
     scratch = (torch.empty((CPU_CHUNK, H, W, 3)), torch.empty((CPU_CHUNK, out_size, out_size, 2)))
     for s in range(0, B, CPU_CHUNK):
         e = min(B, s + CPU_CHUNK)
-        p = params.select(slice(s, e))
-        x = _resize(images[s:e], p, out_size, scratch)
+        p = plan.chunk(s, e)
+        x = _resize(images[s:e], p, scratch)
         if compile:
-            out[s:e] = finish(x, p, *flags)
+            out[s:e] = finish(x, p, norm, jitter, grayscale)
         else:
-            finish(x, p, *flags, out=out[s:e])
+            finish(x, p, norm, jitter, grayscale, out=out[s:e])
     return out
 
 
-def _finish(x, params, out_size, mean, std, jitter, grayscale, erasing, unit, out=None) -> torch.Tensor:
-    """Colour, normalise and erase the resized [B,3,S,S] batch (``x * unit`` in [0, 1]), in place
-    (eager) or into ``out``."""
-    x = colour(x, params, jitter, grayscale, unit)
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    x = torch.div(x.sub_(m), s, out=x if out is None else out)
-    if erasing:
-        x = x.masked_fill_(erase_mask(params, out_size), 0.0)
+def _finish(x, plan: _Plan, norm, jitter, grayscale, out=None) -> torch.Tensor:
+    """Colour, normalise and erase the resized [B,3,S,S] batch, in place (eager) or into ``out``."""
+    x = colour(x, plan, jitter, grayscale)
+    x = torch.div(x.sub_(norm[0]), norm[1], out=x if out is None else out)
+    if plan.erase is not None:
+        x = x.masked_fill_(plan.erase, 0.0)
     return x
