@@ -194,7 +194,7 @@ def erase_mask(params: AugmentParams, out_size: int) -> torch.Tensor:
     return (params.erase[:, None, None] & rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
 
 
-CPU_CHUNK = 4  # samples per step on CPU: keeps the float intermediates near the core's cache
+CPU_CHUNK = 2  # samples per step on CPU: a 2 x 3 x 224 x 224 float chunk (1.2 MB) stays in a core's L2 (2 > 3 > 4 > 8 measured)
 
 
 _compiled_finish = None
