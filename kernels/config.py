@@ -11,7 +11,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class AugmentConfig:
     impl: Literal["auto", "reference", "triton"] = "auto"  # auto: Triton on sm_80+, reference elsewhere
-    compile_reference: bool = False  # torch.compile the reference (2-3x on CPU; costs a one-off compile of ~30-60 s)
+    # torch.compile the reference's jitter/normalise: 0-15% on CPU (docs/benchmarks.md), a one-off ~20-60 s compile
+    compile_reference: bool = False
     scale: tuple[float, float] = (0.08, 1.0)  # random resized crop: area fraction range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range
     hflip: float = 0.5  # horizontal flip probability
