@@ -236,3 +236,15 @@ def test_verify_detects_a_flipped_byte(dataset, tmp_path, capsys):
     capsys.readouterr()
     assert main(["--config", str(recipe), "--verify"]) == 1
     assert "record 3 " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,recipe", [(["train.py", "--config", "configs/x.yaml"], "configs/x.yaml"),
+                                         (["train.py", "--config=configs/y.yaml"], "configs/y.yaml"),
+                                         (["evaluate.py", "--run", "runs/demo"], "runs/demo/config.yaml"),
+                                         (["python"], "CONFIG.yaml")])
+def test_build_command_names_the_recipe_this_process_used(dataset, tmp_path, monkeypatch, argv, recipe):
+    from engine.data.cache.format import build_command
+
+    monkeypatch.setattr("sys.argv", argv)
+    cmd = build_command(make_cfg(dataset, tmp_path / "cache"), "val")
+    assert cmd.startswith(f"python tools/build_cache.py --config {recipe} ") and "--cache.splits=[val]" in cmd

@@ -135,17 +135,16 @@ def cache_dir(cfg, key: CacheKey) -> Path:
 def build_command(cfg, split: str) -> str:
     """The exact command that (re)builds ``split``'s cache for ``cfg``.
 
-    The recipe path is taken from this process's ``--config`` argument when
-    there is one; the settings that enter the cache key are spelled out as
-    overrides so the command is right even if the recipe has been edited.
+    The recipe path is taken from this process's ``--config`` argument, or
+    ``RUN/config.yaml`` for ``--run RUN`` (tools/evaluate.py; a run's resolved
+    config loads as a recipe); the settings that enter the cache key are
+    spelled out as overrides so the command is right even if the recipe has
+    been edited.
     """
-    argv = sys.argv
-    recipe = "CONFIG.yaml"
-    for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
-            recipe = argv[i + 1]
-        elif a.startswith("--config="):
-            recipe = a.split("=", 1)[1]
+    recipe = _argv_value("--config") or "CONFIG.yaml"
+    run = _argv_value("--run")
+    if run and not _argv_value("--config"):
+        recipe = str(Path(run) / "config.yaml")
     over = {
         "data.manifest": cfg.data.manifest,
         "cache.dir": cfg.cache.dir,
@@ -159,6 +158,16 @@ def build_command(cfg, split: str) -> str:
         over["data.root"] = cfg.data.root
     parts = ["python", "tools/build_cache.py", "--config", recipe] + [f"--{k}={v}" for k, v in over.items()]
     return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def _argv_value(flag: str) -> str | None:
+    argv = sys.argv
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
 
 
 def open_records(path: Path, n: int, stride: int, writable: bool) -> tuple[mmap.mmap | None, np.ndarray]:
