@@ -220,10 +220,10 @@ def apply_reference(images: torch.Tensor, params: AugmentParams, out_size: int, 
     ``compile=True`` runs the colour/normalise part through torch.compile (same results to float rounding).
     """
     B, H, W, _ = images.shape
+    dev = images.device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     unit = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
-    plan = _plan(params.to(images.device), (H, W), out_size, unit, erasing)
-    dev = images.device
+    plan = _plan(params.to(dev), (H, W), out_size, unit, erasing)
     norm = (torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1),
             torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1))
     finish = _compiled() if compile else _finish

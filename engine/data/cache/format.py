@@ -141,10 +141,8 @@ def build_command(cfg, split: str) -> str:
     spelled out as overrides so the command is right even if the recipe has
     been edited.
     """
-    recipe = _argv_value("--config") or "CONFIG.yaml"
-    run = _argv_value("--run")
-    if run and not _argv_value("--config"):
-        recipe = str(Path(run) / "config.yaml")
+    config, run = _argv_value("--config"), _argv_value("--run")
+    recipe = config or (str(Path(run) / "config.yaml") if run else "CONFIG.yaml")
     over = {
         "data.manifest": cfg.data.manifest,
         "cache.dir": cfg.cache.dir,
