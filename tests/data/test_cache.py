@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import make_cfg, make_ctx, write_dataset
+from tests.data.conftest import make_cfg, make_ctx, write_dataset
 from engine.data.cache import CacheBuildError, CacheError, CacheReader, build_cache, open_cache
 from engine.data.cache.decode import decode_resized
 from engine.data.cache.format import record_stride

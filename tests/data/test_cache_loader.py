@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_cfg, make_ctx, write_dataset
+from tests.data.conftest import make_cfg, make_ctx, write_dataset
 from engine.data.cache import build_cache
 from engine.data.loaders import create_loader
 
