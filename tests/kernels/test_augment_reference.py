@@ -105,3 +105,19 @@ def test_tolerance_catches_a_one_pixel_shift():
     a = apply_reference(images, params, 32, cfg.mean, cfg.std, **kw)
     b = apply_reference(images, shifted, 32, cfg.mean, cfg.std, **kw)
     assert ((a - b).abs().amax(dim=(1, 2, 3)) > 100 * position_atol(W)).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_reference_matches_cpu(dtype):
+    """The reference on a CUDA card (the Pascal/Volta/Turing path) computes what it computes on CPU."""
+    cfg = AugmentConfig(hue=0.2, grayscale=0.5, erasing=0.5)
+    images = torch.randint(0, 256, (16, 256, 256, 3), dtype=torch.uint8)
+    params = sample_params(cfg, seed=3, epoch=0, sample_ids=torch.arange(16), in_hw=(256, 256), out_size=224)
+    kw = dict(jitter=(True,) * 4, grayscale=True, erasing=True, dtype=dtype, channels_last=True)
+    cpu = apply_reference(images, params, 224, cfg.mean, cfg.std, **kw)
+    gpu = apply_reference(images.cuda(), params.to("cuda"), 224, cfg.mean, cfg.std, **kw)
+    assert gpu.device.type == "cuda" and gpu.is_contiguous(memory_format=torch.channels_last)
+    rtol = 1e-4 if dtype == torch.float32 else 2**-7  # GPU float32 division; one bf16 ulp
+    torch.testing.assert_close(gpu.cpu().float(), cpu.float(), rtol=rtol, atol=position_atol(256))
