@@ -4,12 +4,15 @@ CPU: the PyTorch reference on a uint8 NHWC batch vs the per-sample PIL +
 torchvision pipeline (RandomResizedCrop + flip + ColorJitter + ToTensor +
 Normalize) on PIL images of the same size; images/s with one thread (per
 core) and with all threads.
-CUDA (if present): the fused Triton kernel and the reference, against the
-bytes-moved floor (read the uint8 input once + write the output once, at the
-bandwidth of a measured device-to-device copy).
+CUDA (if present, or ``--device``): the fused Triton kernel and the reference
+against the bytes-moved floor (read the uint8 input once + write the output
+once, at the bandwidth of a measured device-to-device copy; L2 flushed before
+each timed call), for bf16 channels_last (what training uses on sm_80+), bf16
+NCHW and fp32 NCHW; then the whole ``Augmenter.train`` call against a
+ResNet-50 bf16 training step of the same batch.
 
     python tools/bench_augment.py [--batch 64] [--in-size 256] [--out-size 224] [--json OUT]
-                                  [--photos MANIFEST.csv]
+                                  [--photos MANIFEST.csv] [--device auto|cuda|cpu|none] [--skip-host]
 
 With ``--photos`` the CPU comparison is also made the way users meet it: the
 per-sample PIL + torchvision pipeline on the original JPEG photos (decode +
@@ -36,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from kernels import AugmentConfig, Augmenter  # noqa: E402
+from kernels import AugmentConfig, Augmenter, apply_reference, apply_triton, sample_params  # noqa: E402
 
 
 def _median_rate(fn, n_images: int, repeats: int, sync=lambda: None) -> float:
@@ -114,25 +117,104 @@ def bench_photos(args, cfg: AugmentConfig) -> list[dict]:
             for name, ts in times.items()]
 
 
-def bench_cuda(args, cfg: AugmentConfig) -> list[dict]:
-    dev = torch.device("cuda")
+def _seconds(fn, dev: torch.device, repeats: int) -> float:
+    """Median seconds per call: CUDA events with the L2 flushed before each call on a GPU, a host clock on CPU."""
+    if dev.type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=100, rep=max(200, 40 * repeats), return_mode="median") / 1e3
+    return 1 / _median_rate(fn, 1, repeats)
+
+
+def _train_step(model_name: str, batch: int, size: int, dev: torch.device, dtype: torch.dtype):
+    """One ResNet training step the way the engine runs bf16 on sm_80+: bf16 weights (DeepSpeed's bf16 mode),
+    channels_last, cross-entropy, backward, AdamW (fused on CUDA)."""
+    import torchvision
+
+    model = getattr(torchvision.models, model_name)(weights=None).to(dev, dtype, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    x = torch.randn(batch, 3, size, size, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_device(args, cfg: AugmentConfig, dev: torch.device) -> list[dict]:
+    """Kernel vs the bytes-moved floor, and the whole augmentation step vs a ResNet training step, on ``dev``.
+
+    floor: read the uint8 input once and write the output once at the bandwidth of a measured
+    device-to-device copy (bytes read + written).  ``kernel`` rows time the implementation alone on
+    parameters already on the device; the ``Augmenter.train`` row adds what a training step pays on top
+    (sampling the per-sample parameters on the host, building the tables, copying them over).
+    """
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     images = torch.randint(0, 256, (args.batch, args.in_size, args.in_size, 3), dtype=torch.uint8, device=dev)
     ids = torch.arange(args.batch)
-    sync = torch.cuda.synchronize
-    src = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
+    src = torch.empty(args.copy_mib * 2**20, dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() / (1 / _median_rate(lambda: dst.copy_(src), 1, 20, sync)) / 1e9  # read + write
+    copy_gbs = 2 * src.numel() / _seconds(lambda: dst.copy_(src), dev, args.repeats) / 1e9
+    del src, dst
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    params = sample_params(cfg, 0, 0, ids, (args.in_size, args.in_size), args.out_size).to(dev)
+    kw = dict(jitter=(cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0),
+              grayscale=cfg.grayscale > 0, erasing=cfg.erasing > 0)
+    impls = {"triton": apply_triton, "reference": apply_reference}
+    if not args.device_reference:
+        impls.pop("reference")
     rows = []
-    for dtype in (torch.bfloat16, torch.float32):
-        out_bytes = args.batch * 3 * args.out_size**2 * torch.finfo(dtype).bits // 8
-        floor = copy_gbs * 1e9 / ((images.numel() + out_bytes) / args.batch)
-        for impl in ("triton", "reference"):
-            aug = Augmenter(cfg, args.out_size, seed=0, dtype=dtype, impl=impl, device=dev)
-            rate = _median_rate(lambda: aug.train(images, ids, 0), args.batch, args.repeats, sync)
-            rows.append(dict(device=torch.cuda.get_device_name(), impl=impl, dtype=str(dtype).split(".")[-1],
-                             images_per_s=rate, floor_images_per_s=floor, of_floor=rate / floor,
-                             copy_gb_per_s=copy_gbs))
+    for dtype, channels_last in ((torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, False)):
+        out_bytes = 3 * args.out_size**2 * torch.finfo(dtype).bits // 8
+        floor = copy_gbs * 1e9 / (args.in_size**2 * 3 + out_bytes)
+        layout = "channels_last" if channels_last else "nchw"
+        for impl, fn in impls.items():
+            t = _seconds(lambda: fn(images, params, args.out_size, cfg.mean, cfg.std, dtype=dtype,
+                                    channels_last=channels_last, **kw), dev, args.repeats)
+            rows.append(dict(device=name, impl=impl, part="kernel", dtype=str(dtype).split(".")[-1], layout=layout,
+                             images_per_s=args.batch / t, floor_images_per_s=floor, of_floor=args.batch / t / floor,
+                             copy_gb_per_s=copy_gbs, ms_per_batch=1e3 * t))
+    aug = Augmenter(cfg, args.out_size, seed=0, dtype=torch.bfloat16, channels_last=True, device=dev)  # as training picks
+    epoch = iter(range(10**9))
+    t_aug = _seconds(lambda: aug.train(images, ids, next(epoch)), dev, args.repeats)
+    t_step = _seconds(_train_step(args.model, args.batch, args.out_size, dev, torch.bfloat16), dev, args.repeats)
+    rows.append(dict(device=name, impl=aug.impl, part="Augmenter.train", dtype="bfloat16", layout="channels_last",
+                     images_per_s=args.batch / t_aug, ms_per_batch=1e3 * t_aug, model=args.model,
+                     step_ms=1e3 * t_step, share_of_step=t_aug / (t_aug + t_step)))
     return rows
+
+
+def _print(args, rows: list[dict]) -> None:
+    print(f"augmentation {args.in_size}x{args.in_size} uint8 -> {args.out_size}, batch {args.batch}, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    host = [r for r in rows if "threads" in r]
+    if host:
+        print(f"{'device':<8}{'impl':<26}{'threads':>8}{'images/s':>12}")
+        for r in host:
+            print(f"{r['device']:<8}{r['impl']:<26}{r['threads']:>8}{r['images_per_s']:>12.1f}")
+    cpu = {(r["impl"], r["threads"]): r["images_per_s"] for r in host}
+    for t in sorted({k[1] for k in cpu if k[0] == "reference"}):
+        print(f"reference / PIL pipeline on decoded {args.in_size}px images, {t} thread(s): "
+              f"{cpu[('reference', t)] / cpu[('pil+torchvision', t)]:.2f}x")
+    for r in host:
+        if r["impl"].startswith("reference-cache"):
+            print(f"{r['impl']} / PIL decode+transforms of the photos ({r['megapixels']:.2f} MP mean), per core: "
+                  f"{r['x_pil']:.1f}x (median of {r['rounds']} interleaved rounds)")
+    kernels = [r for r in rows if r.get("part") == "kernel"]
+    if kernels:
+        print(f"{kernels[0]['device']}: device-to-device copy {kernels[0]['copy_gb_per_s']:.0f} GB/s (read + write)")
+        print(f"{'impl':<11}{'dtype':<10}{'layout':<15}{'ms/batch':>10}{'images/s':>12}{'floor':>12}{'of floor':>10}")
+        for r in kernels:
+            print(f"{r['impl']:<11}{r['dtype']:<10}{r['layout']:<15}{r['ms_per_batch']:>10.3f}{r['images_per_s']:>12.0f}"
+                  f"{r['floor_images_per_s']:>12.0f}{r['of_floor']:>9.1%}")
+    for r in rows:
+        if r.get("part") == "Augmenter.train":
+            print(f"Augmenter.train ({r['impl']}, bf16 channels_last, params sampled on the host): {r['ms_per_batch']:.3f} ms; "
+                  f"{r['model']} bf16 training step: {r['step_ms']:.2f} ms; augmentation = {r['share_of_step']:.2%} of the step")
 
 
 def main() -> None:
@@ -143,27 +225,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--photos", type=Path, help="manifest of JPEG photos (e.g. data/demo/manifest.csv) for the decode+augment comparison")
+    ap.add_argument("--device", default="auto", help="device for the kernel/floor/training-step rows: auto (cuda if present), "
+                    "cuda, cpu (Triton then needs TRITON_INTERPRET=1; for testing this script), none")
+    ap.add_argument("--skip-host", action="store_true", help="skip the CPU reference vs PIL rows")
+    ap.add_argument("--no-device-reference", dest="device_reference", action="store_false",
+                    help="skip timing the PyTorch reference on the device")
+    ap.add_argument("--model", default="resnet50", help="torchvision model whose bf16 training step the augmentation is compared with")
+    ap.add_argument("--copy-mib", type=int, default=1024, help="size of the device-to-device copy that measures bandwidth")
     args = ap.parse_args()
     cfg = AugmentConfig()  # default recipe: RRC + flip + jitter(0.4, 0.4, 0.4), no hue/gray/erase
-    rows = bench_cpu(args, cfg)
+    rows = [] if args.skip_host else bench_cpu(args, cfg)
     if args.photos:
         rows += bench_photos(args, cfg)
-    if torch.cuda.is_available():
-        rows += bench_cuda(args, cfg)
-    print(f"augmentation {args.in_size}x{args.in_size} uint8 -> {args.out_size} float32, batch {args.batch}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"{'device':<24}{'impl':<26}{'threads/dtype':<15}{'images/s':>10}{'floor':>10}")
-    for r in rows:
-        extra = f"{r['floor_images_per_s']:>10.0f}" if "floor_images_per_s" in r else ""
-        print(f"{r['device'][:23]:<24}{r['impl']:<26}{str(r.get('threads', r.get('dtype'))):<15}{r['images_per_s']:>10.1f}{extra}")
-    cpu = {(r["impl"], r["threads"]): r["images_per_s"] for r in rows if r["device"] == "cpu"}
-    for t in sorted({k[1] for k in cpu if k[0] == "reference"}):
-        print(f"reference / PIL pipeline on decoded {args.in_size}px images, {t} thread(s): "
-              f"{cpu[('reference', t)] / cpu[('pil+torchvision', t)]:.2f}x")
-    for r in rows:
-        if r["impl"].startswith("reference-cache"):
-            print(f"{r['impl']} / PIL decode+transforms of the photos ({r['megapixels']:.2f} MP mean), per core: "
-                  f"{r['x_pil']:.1f}x (median of {r['rounds']} interleaved rounds)")
+    device = ("cuda" if torch.cuda.is_available() else "none") if args.device == "auto" else args.device
+    if device != "none":
+        rows += bench_device(args, cfg, torch.device(device))
+    _print(args, rows)
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
 
