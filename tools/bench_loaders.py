@@ -14,7 +14,6 @@ e.g. "dali_cpu" there):
   copy_limit      the same gathers as cache_synth as bare threaded np.take copies: the
                   machine's memory-copy ceiling that cache_synth is measured against
   cache+augment   cache_synth plus the CPU reference augmentation of ``kernels``
-                  (n/a when kernels is not installed)
   dali_cpu        loader.backend=dali: DALI file reader + decode + augment on DALI's CPU
                   operators (float NCHW out; n/a without nvidia-dali)
   dali_cache_cpu  loader.backend=dali_cache: the real cache fed to DALI through
@@ -168,12 +167,10 @@ def bench_copy_limit(cfg, ctx, args) -> float:
 
 
 @loader_bench("cache+augment")
-def bench_cache_augment(cfg, ctx, args) -> float | None:
-    try:
-        from kernels import Augmenter
-    except ImportError:
-        return None  # kernels not installed on this branch: reported as n/a
+def bench_cache_augment(cfg, ctx, args) -> float:
     import torch
+
+    from kernels import Augmenter
 
     aug = Augmenter(cfg.augment, out_size=cfg.data.image_size, seed=cfg.run.seed, dtype=torch.float32)
     loader = _synth_loader(cfg, ctx, args)
