@@ -123,7 +123,7 @@ def _stale_reasons(root: Path, key: fmt.CacheKey) -> str:
 class VerifyReport:
     folder: Path
     count: int
-    bad: list[dict]  # {record, row, path}
+    bad: list[dict]  # {record, row}
 
     def line(self) -> str:
         if not self.bad:
@@ -134,10 +134,10 @@ class VerifyReport:
 
 def verify_cache(folder: Path) -> VerifyReport:
     """Check every record of a finished cache against ``checksums.npy``."""
-    from engine.data.cache.writer import verify_records
+    from engine.data.cache.writer import bad_records
 
     reader = CacheReader(folder)
     sums = np.load(Path(folder) / fmt.CHECKSUMS)
-    bad = verify_records(Path(folder) / fmt.IMAGES, sums, reader.size)
+    bad = bad_records(reader.images, sums, reader.record_bytes, desc=f"verify {Path(folder).name}")
     rows = reader.fields["rows"]
     return VerifyReport(Path(folder), reader.count, [{"record": i, "row": int(rows[i])} for i in bad])

@@ -235,12 +235,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def bad_records(records: np.ndarray, sums: np.ndarray, payload: int, desc: str = "verify") -> list[int]:
+    """Indices of the rows of ``records`` (uint8 [n, stride]) whose first ``payload`` bytes do not match ``sums``."""
+    from tqdm import tqdm
+
+    return [i for i in tqdm(range(len(sums)), desc=desc, unit="rec", mininterval=1.0, leave=False)
+            if fmt.checksum(records[i, :payload]) != int(sums[i])]
+
+
 def verify_records(images: Path, sums: np.ndarray, size: int) -> list[int]:
-    """Records of ``images`` whose payload does not match ``sums``."""
-    stride, payload = fmt.record_stride(size), fmt.record_bytes(size)
-    mm, view = fmt.open_records(images, len(sums), stride, writable=False)
+    """Records of the ``images`` file whose payload does not match ``sums`` (maps it read-only for the check)."""
+    mm, view = fmt.open_records(images, len(sums), fmt.record_stride(size), writable=False)
     try:
-        return [i for i in range(len(sums)) if fmt.checksum(view[i, :payload]) != int(sums[i])]
+        return bad_records(view, sums, fmt.record_bytes(size), desc=f"verify {images.parent.name}")
     finally:
         del view
         if mm is not None:
