@@ -1,5 +1,7 @@
 """Checkpoints through DeepSpeed (every rank calls save/load) plus what DeepSpeed doesn't keep:
-training state (stage, epoch, step, best metric, patience), loader position and every rank's RNG state.
+training state (stage, epoch, step, best metric, patience), loader position, and every rank's RNG state
+and own buffers (BatchNorm statistics drift apart between ranks inside an epoch; the model file holds
+their average, each rank's ``buffers_rank{r}.pt`` its own, so a run resumed mid-epoch continues exactly).
 
 A checkpoint is written under ``<tag>.partial`` and renamed over ``<tag>`` only
 once every rank has finished, so a crash or kill while saving leaves the
@@ -17,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from engine.training.distributed import barrier
+from engine.training.distributed import barrier, restore_buffers
 
 
 @dataclass
@@ -43,8 +45,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_state: dict, config: dict, rank: int) -> None:
-    """Collective: every rank must call it."""
+def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_state: dict, config: dict, rank: int,
+                    own_buffers: Optional[dict] = None) -> None:
+    """Collective: every rank must call it.  ``own_buffers``: this rank's buffers, where the module holds averaged ones."""
     folder = Path(folder)
     partial = f"{tag}.partial"
     if rank == 0 and (folder / partial).exists():
@@ -53,6 +56,8 @@ def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_st
     client = {"train_state": asdict(state), "loader": loader_state, "config": config}
     engine.save_checkpoint(str(folder), tag=partial, client_state=client, save_latest=False)
     torch.save(rng_state(), folder / partial / f"rng_rank{rank}.pt")
+    if own_buffers is not None:
+        torch.save(own_buffers, folder / partial / f"buffers_rank{rank}.pt")
     if rank == 0:
         (folder / partial / "train_state.json").write_text(json.dumps(asdict(state)))
     barrier()
@@ -74,7 +79,7 @@ def peek_state(folder: Path, tag: str) -> TrainState:
 
 
 def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: bool = True) -> tuple[TrainState, dict]:
-    """Collective. Returns (training state, loader state); restores this rank's RNG streams."""
+    """Collective. Returns (training state, loader state); restores this rank's RNG streams and own buffers."""
     path, client = engine.load_checkpoint(str(folder), tag=tag, load_optimizer_states=load_optimizer,
                                           load_lr_scheduler_states=load_optimizer)
     if path is None:
@@ -82,6 +87,9 @@ def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: b
     rng_file = Path(folder) / tag / f"rng_rank{rank}.pt"
     if load_optimizer and rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
+    buffers_file = Path(folder) / tag / f"buffers_rank{rank}.pt"
+    if load_optimizer and buffers_file.exists():  # absent for a rank the saving run did not have: averaged ones stay
+        restore_buffers(engine.module, torch.load(buffers_file, map_location="cpu", weights_only=True))
     return TrainState(**client["train_state"]), client["loader"]
 
 

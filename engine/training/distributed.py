@@ -72,6 +72,16 @@ def average_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buf.data, src=0)
 
 
+def buffer_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of this rank's buffers (BatchNorm statistics), to put back with ``restore_buffers``."""
+    return {name: buf.detach().clone() for name, buf in module.named_buffers()}
+
+
+def restore_buffers(module: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    for name, buf in module.named_buffers():
+        buf.data.copy_(snapshot[name])
+
+
 def broadcast_object(obj, src: int = 0):
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return obj

@@ -17,7 +17,8 @@ from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
 from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
-from engine.training.distributed import DistInfo, all_gather_cat, average_buffers, init_distributed
+from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
+                                         restore_buffers)
 from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
@@ -71,8 +72,12 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     monitor = Monitor(cfg, run.path, dist.is_main, resume)
 
     def save_last() -> None:  # epoch ends and every train.checkpoint_every_steps updates
+        # The saved model gets the ranks' averaged BatchNorm statistics; the live ones stay each rank's own
+        # (saved beside it for resume), so saving mid-epoch leaves the run's course unchanged.
+        own = buffer_snapshot(engine.module)
         average_buffers(engine.module)
-        save_checkpoint(engine, run.checkpoints, "last", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
+        save_checkpoint(engine, run.checkpoints, "last", state, train_loader.state_dict(), cfg.to_dict(), dist.rank, own)
+        restore_buffers(engine.module, own)
 
     try:
         for epoch in range(state.epoch, cfg.train.epochs):
