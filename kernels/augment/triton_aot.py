@@ -3,9 +3,14 @@
 The interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute, not
 that Triton's NVIDIA backend accepts them.  This module runs the real compiler
 (Triton -> PTX -> cubin through the ``ptxas`` that Triton's wheel ships) for a
-chosen compute capability and reads the cubin's resource usage with the
-``cuobjdump`` shipped beside it: registers per thread, local memory (register
-spills) and shared memory.  No CUDA driver is touched.
+chosen compute capability and reads the cubin with the ``cuobjdump`` shipped
+beside it: registers per thread, local memory (register spills), shared memory,
+and the global loads/stores per thread by width.  No CUDA driver is touched.
+
+Each variant is specialised as Triton's launcher would specialise the typical
+launch, a batch of 256 NHWC uint8 256 x 256 images to 224 x 224: integer
+arguments equal to 1 become constants, pointers and integers divisible by 16 get
+the divisibility hint.
 
     python -m kernels.augment.triton_aot [--caps 80 90] [--json]
 
@@ -20,7 +25,9 @@ import os
 import re
 import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import torch
 import triton
@@ -36,11 +43,29 @@ _FLOATS = ("m0", "m1", "m2", "sd0", "sd1", "sd2")
 _OUT = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
-def _signature(fn, out_dtype: torch.dtype, constexprs: dict) -> dict:
-    """Argument types as a launch from ``apply_triton`` would specialise them (ints fit in i32)."""
+def _launch_ints(out_dtype: torch.dtype, layout: str) -> dict[str, int]:
+    """The integer arguments of the typical launch (see the module docstring)."""
+    B, H, S = 256, 256, 224
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    out_strides = torch.empty((1, 3, S, S), dtype=out_dtype, device="meta", memory_format=fmt).stride()
+    return dict(S=S, n_tiles=triton.cdiv(S * S, tk.BLOCK), s_ib=H * H * 3, s_iy=H * 3, s_ix=3, s_ic=1,
+                **dict(zip(("s_ob", "s_oc", "s_oy", "s_ox"), out_strides)))
+
+
+def _specialise(fn, out_dtype: torch.dtype, layout: str, constexprs: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) as Triton's launcher would build them for the typical launch."""
     types = {**_POINTERS, "out": _OUT[out_dtype]}
-    return {n: "constexpr" if n in constexprs else types.get(n, "fp32" if n in _FLOATS else "i32")
-            for n in fn.arg_names}
+    ints = _launch_ints(out_dtype, layout)
+    constexprs = {**constexprs, **{n: 1 for n in fn.arg_names if ints.get(n) == 1}}
+    signature, attrs = {}, {}
+    for i, n in enumerate(fn.arg_names):
+        if n in constexprs:
+            signature[n] = "constexpr"
+            continue
+        signature[n] = types.get(n, "fp32" if n in _FLOATS else "i32")
+        if n in types or (n in ints and ints[n] % 16 == 0):  # torch allocations are 16-byte aligned
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
 
 
 def _cuobjdump() -> Path:
@@ -50,32 +75,51 @@ def _cuobjdump() -> Path:
     return path
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """Registers, local (spill) and shared bytes of the one function in ``cubin``."""
+def _cuobjdump_text(cubin: bytes, what: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", f.name],
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run([str(_cuobjdump()), what, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers, local (spill) and shared bytes of the one function in ``cubin``."""
+    text = _cuobjdump_text(cubin, "--dump-resource-usage")
     found = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|LOCAL|SHARED|STACK):(\d+)", text)}
     if "reg" not in found:
         raise RuntimeError(f"could not read the resource usage from cuobjdump's output:\n{text}")
     return found
 
 
-def compile_kernels(capability: int, out_dtype: torch.dtype, train: bool = True) -> list[dict]:
-    """Compile both kernels for sm_``capability``; ``train`` turns every jitter/gray/erase branch on, else all off (eval)."""
+def memory_instructions(cubin: bytes) -> Optional[dict[str, int]]:
+    """Global loads/stores in the machine code by opcode and width, e.g. {'LDG.E.U8': 48, 'STG.E.U16': 12};
+    None where the shipped cuobjdump cannot disassemble the target (CUDA 13's drops sm_7x and older)."""
+    try:
+        sass = _cuobjdump_text(cubin, "--dump-sass")
+    except subprocess.CalledProcessError:
+        return None
+    return dict(Counter(re.findall(r"\b((?:LDG|STG)\.E[.\w]*)", sass)))
+
+
+def compile_kernels(capability: int, out_dtype: torch.dtype, layout: str = "nchw", train: bool = True,
+                    with_gray_sum: bool = True) -> list[dict]:
+    """Compile for sm_``capability``; ``train`` turns every jitter/gray/erase branch on, else all off (eval).
+    The gray-sum pass (contrast only) writes no image, so it does not depend on ``out_dtype`` or ``layout``."""
     flags = dict(DO_BRIGHT=train, DO_CONTRAST=train, DO_SAT=train, DO_HUE=train, DO_GRAY=train, DO_ERASE=train)
     common = dict(G0=GRAY[0], G1=GRAY[1], G2=GRAY[2], UNIT=1.0 / 255.0, BLOCK=tk.BLOCK, **flags)
-    kernels = [tk._augment_kernel] + ([tk._gray_sum_kernel] if train else [])  # the sum pass runs with contrast only
+    kernels = [tk._augment_kernel] + ([tk._gray_sum_kernel] if train and with_gray_sum else [])
     rows = []
     for fn in kernels:
-        constexprs = {k: v for k, v in common.items() if k in fn.arg_names}
-        src = ASTSource(fn, _signature(fn, out_dtype, constexprs), constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32))
-        rows.append(dict(kernel=fn.__name__, sm=capability, out=str(out_dtype).split(".")[-1],
-                         mode="train" if train else "eval", num_warps=compiled.metadata.num_warps,
-                         **resource_usage(compiled.asm["cubin"])))
+        signature, constexprs, attrs = _specialise(fn, out_dtype, layout,
+                                                   {k: v for k, v in common.items() if k in fn.arg_names})
+        compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
+                                  target=GPUTarget("cuda", capability, 32))
+        cubin = compiled.asm["cubin"]
+        image_out = fn is tk._augment_kernel
+        rows.append(dict(kernel=fn.__name__, sm=capability, out=str(out_dtype).split(".")[-1] if image_out else "-",
+                         layout=layout if image_out else "-", mode="train" if train else "eval",
+                         num_warps=compiled.metadata.num_warps, **resource_usage(cubin),
+                         memory=memory_instructions(cubin)))
     return rows
 
 
@@ -86,16 +130,22 @@ def main() -> None:
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
-    rows = [r for cap in args.caps for dtype in _OUT for train in (True, False)
-            for r in compile_kernels(cap, dtype, train)]
+    rows = []
+    for cap in args.caps:
+        for i, (dtype, layout) in enumerate((d, l) for d in _OUT for l in ("nchw", "channels_last")):
+            for train in (True, False):
+                rows += compile_kernels(cap, dtype, layout, train, with_gray_sum=i == 0)
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"triton {triton.__version__}, BLOCK={tk.BLOCK} output pixels per program")
-    print(f"{'kernel':<18}{'sm':>4}{'out':>10}{'mode':>7}{'warps':>7}{'regs':>6}{'local':>7}{'shared':>8}")
+    print(f"triton {triton.__version__}, BLOCK={tk.BLOCK} output pixels per program; "
+          "global loads/stores are per thread (BLOCK / (32 * warps) pixels each)")
+    print(f"{'kernel':<18}{'sm':>4}{'out':>10}{'layout':>15}{'mode':>7}{'warps':>7}{'regs':>6}{'local':>7}{'shared':>8}  memory")
     for r in rows:
-        print(f"{r['kernel']:<18}{r['sm']:>4}{r['out']:>10}{r['mode']:>7}{r['num_warps']:>7}{r['reg']:>6}"
-              f"{r['local']:>7}{r['shared']:>8}")
+        mem = "n/a (cuobjdump cannot disassemble this target)" if r["memory"] is None else " ".join(
+            f"{k.split('.', 1)[0]}.{k.rsplit('.', 1)[-1] if k.count('.') > 1 else '32'}x{v}" for k, v in sorted(r["memory"].items()))
+        print(f"{r['kernel']:<18}{r['sm']:>4}{r['out']:>10}{r['layout']:>15}{r['mode']:>7}{r['num_warps']:>7}{r['reg']:>6}"
+              f"{r['local']:>7}{r['shared']:>8}  {mem}")
 
 
 if __name__ == "__main__":
