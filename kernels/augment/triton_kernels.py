@@ -18,6 +18,8 @@ This module imports triton at import time; ``kernels`` imports it lazily.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -175,22 +177,31 @@ def _augment_kernel(img, out, y0_ptr, y1_ptr, wy_ptr, x0_ptr, x1_ptr, wx_ptr, fp
     tl.store(dst + 2 * s_oc, bl.to(ty), mask=mask)
 
 
-def apply_triton(images: torch.Tensor, params: AugmentParams, out_size: int, mean, std,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 jitter: tuple[bool, bool, bool, bool] = (True, True, True, True),
-                 grayscale: bool = True, erasing: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Same contract as ``reference.apply_reference``; ``out`` (optional) is written in place."""
+class Prepared(NamedTuple):
+    """Per-batch kernel arguments built from ``AugmentParams`` (small tensors on the images' device)."""
+    tables: tuple  # the six [B, S] sampling tables (y0, y1, wy, x0, x1, wx)
+    fparams: torch.Tensor  # [B, 5] float32: brightness, contrast, saturation, hue, gray
+    iparams: torch.Tensor  # [B, 5] int32: erase, top, left, h, w
+
+
+def prepare(params: AugmentParams, out_size: int, device) -> Prepared:
+    params = params.to(device)
+    fparams = torch.stack([params.brightness, params.contrast, params.saturation, params.hue,
+                           params.gray.float()], 1).float().contiguous()
+    iparams = torch.stack([params.erase.long(), params.erase_top, params.erase_left,
+                           params.erase_h, params.erase_w], 1).to(torch.int32).contiguous()
+    return Prepared(tuple(sampling_tables(params, out_size)), fparams, iparams)
+
+
+def launch(images: torch.Tensor, prep: Prepared, out_size: int, mean, std, dtype: torch.dtype = torch.float32,
+           channels_last: bool = False, jitter: tuple[bool, bool, bool, bool] = (True, True, True, True),
+           grayscale: bool = True, erasing: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel launches alone (the contrast-mean pass when contrast is on, then the fused pass)."""
     B, H, W, C = images.shape
     if C != 3:
         raise ValueError(f"expected NHWC images with 3 channels, got shape {tuple(images.shape)}")
     S = out_size
     dev = images.device
-    params = params.to(dev)
-    t = sampling_tables(params, S)
-    fparams = torch.stack([params.brightness, params.contrast, params.saturation, params.hue,
-                           params.gray.float()], 1).float().contiguous()
-    iparams = torch.stack([params.erase.long(), params.erase_top, params.erase_left,
-                           params.erase_h, params.erase_w], 1).to(torch.int32).contiguous()
     if out is None:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         out = torch.empty((B, 3, S, S), dtype=dtype, device=dev, memory_format=fmt)
@@ -198,15 +209,20 @@ def apply_triton(images: torch.Tensor, params: AugmentParams, out_size: int, mea
     n_tiles = triton.cdiv(S * S, BLOCK)
     grid = (B, n_tiles)
     do_b, do_c, do_s, do_h = jitter
-    gmean = fparams.new_zeros(B)
+    gmean = prep.fparams.new_zeros(B)
     if do_c:
         partial = torch.empty((B, n_tiles), dtype=torch.float32, device=dev)
-        _gray_sum_kernel[grid](images, partial, *t, fparams, S, n_tiles, *images.stride(),
+        _gray_sum_kernel[grid](images, partial, *prep.tables, prep.fparams, S, n_tiles, *images.stride(),
                                G0=GRAY[0], G1=GRAY[1], G2=GRAY[2], UNIT=unit, DO_BRIGHT=do_b, BLOCK=BLOCK)
         gmean = partial.sum(1) / (S * S)
-    _augment_kernel[grid](images, out, *t, fparams, iparams, gmean, S, *images.stride(), *out.stride(),
+    _augment_kernel[grid](images, out, *prep.tables, prep.fparams, prep.iparams, gmean, S, *images.stride(), *out.stride(),
                           float(mean[0]), float(mean[1]), float(mean[2]), float(std[0]), float(std[1]), float(std[2]),
                           G0=GRAY[0], G1=GRAY[1], G2=GRAY[2], UNIT=unit,
                           DO_BRIGHT=do_b, DO_CONTRAST=do_c, DO_SAT=do_s, DO_HUE=do_h,
                           DO_GRAY=grayscale, DO_ERASE=erasing, BLOCK=BLOCK)
     return out
+
+
+def apply_triton(images: torch.Tensor, params: AugmentParams, out_size: int, mean, std, **kw) -> torch.Tensor:
+    """Same contract as ``reference.apply_reference``; ``out`` (optional) is written in place."""
+    return launch(images, prepare(params, out_size, images.device), out_size, mean, std, **kw)
