@@ -117,12 +117,13 @@ def bench_photos(args, cfg: AugmentConfig) -> list[dict]:
             for name, ts in times.items()]
 
 
-def _seconds(fn, dev: torch.device, repeats: int) -> float:
-    """Median seconds per call: CUDA events with the L2 flushed before each call on a GPU, a host clock on CPU."""
+def _seconds(fn, dev: torch.device, repeats: int, rep_ms: int = 200) -> float:
+    """Median seconds per call: CUDA events with the L2 flushed before each call on a GPU (``rep_ms`` of
+    timed calls, at least), a host clock on CPU."""
     if dev.type == "cuda":
         from triton.testing import do_bench
 
-        return do_bench(fn, warmup=100, rep=max(200, 40 * repeats), return_mode="median") / 1e3
+        return do_bench(fn, warmup=100, rep=max(rep_ms, 40 * repeats), return_mode="median") / 1e3
     return 1 / _median_rate(fn, 1, repeats)
 
 
@@ -190,7 +191,8 @@ def bench_device(args, cfg: AugmentConfig, dev: torch.device) -> list[dict]:
     aug = Augmenter(cfg, args.out_size, seed=0, dtype=torch.bfloat16, channels_last=True, device=dev)  # as training picks
     epoch = iter(range(10**9))
     t_aug = _seconds(lambda: aug.train(images, ids, next(epoch)), dev, args.repeats)
-    t_step = _seconds(_train_step(args.model, args.batch, args.out_size, dev, torch.bfloat16), dev, args.repeats)
+    step = _train_step(args.model, args.batch, args.out_size, dev, torch.bfloat16)
+    t_step = _seconds(step, dev, args.repeats, rep_ms=2000)  # ~20+ steps of a ResNet-50 at batch 256
     rows.append(dict(device=name, impl=aug.impl, part="Augmenter.train", dtype="bfloat16", layout="channels_last",
                      images_per_s=args.batch / t_aug, ms_per_batch=1e3 * t_aug, model=args.model,
                      step_ms=1e3 * t_step, share_of_step=t_aug / (t_aug + t_step)))
