@@ -120,3 +120,22 @@ def test_best_checkpoint_and_early_stopping(tiny_overrides, tmp_path):
     metrics = evaluate_run(cfg.run_dir, "val", "best")
     assert metrics["val_auc_macro"] == pytest.approx(max(values), abs=1e-9)
     assert metrics["val_loss"] == pytest.approx(recs[best_epoch - 1]["val_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--train.grad_accum=2", "--loader.balanced_sampling=inverse", "--augment.mixup_alpha=0.4", "--augment.cutmix_alpha=1.0"],
+    ["--loader.backend=pil", "--loader.num_workers=2"],
+], ids=["accum-balanced-mix", "pil-workers"])
+def test_resume_mid_epoch_exact_with_more_state(tiny_overrides, tmp_path, extra):
+    """Mid-epoch resume stays bitwise with gradient accumulation, a weighted sampler, mixup/cutmix draws
+    and DataLoader worker processes: each is state that a resume could restart in the wrong place."""
+    common = ["--train.epochs=2", "--train.checkpoint_every_steps=1", "--model.dropout=0.2", *extra]
+    full = make_cfg(tiny_overrides, tmp_path, "full", *common)
+    loop.train(full)
+    killed = make_cfg(tiny_overrides, tmp_path, "killed", *common)
+    loop.train(killed, stop_after_step=3)  # 2 updates per epoch: inside epoch 2
+    loop.train(killed, resume=True)
+    reference, resumed = module_weights(full.run_dir), module_weights(killed.run_dir)
+    different = [k for k in reference if not torch.equal(reference[k], resumed[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert [r["val_loss"] for r in records(killed.run_dir)] == [r["val_loss"] for r in records(full.run_dir)]
