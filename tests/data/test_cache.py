@@ -248,3 +248,59 @@ def test_build_command_names_the_recipe_this_process_used(dataset, tmp_path, mon
     monkeypatch.setattr("sys.argv", argv)
     cmd = build_command(make_cfg(dataset, tmp_path / "cache"), "val")
     assert cmd.startswith(f"python tools/build_cache.py --config {recipe} ") and "--cache.splits=[val]" in cmd
+
+
+def test_other_text_or_tabular_settings_reuse_the_pixels(dataset, tmp_path):
+    """Only the fields are rebuilt when the pixels' key matches: images.u8 is the same file (hard link)."""
+    from engine.data.loaders import create_loader
+
+    first = _build(make_cfg(dataset, tmp_path / "cache"))
+    assert first.pixels_from is None and first.decoded == first.count
+    fewer = make_cfg(dataset, tmp_path / "cache", "--data.categorical_columns=[]")  # another tabular encoding
+    second = _build(fewer)
+    assert second.pixels_from == first.folder and second.decoded == 0 and second.folder != first.folder
+    assert "pixels reused" in second.line()
+    a, b = CacheReader(first.folder), open_cache(fewer, make_ctx(fewer), "train")
+    assert os.stat(first.folder / "images.u8").st_ino == os.stat(second.folder / "images.u8").st_ino
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.fields["categorical"].shape[1] == 1 and b.fields["categorical"].shape[1] == 0
+    assert b.meta["pixels_from"] == first.folder.name
+    import shutil
+
+    shutil.rmtree(first.folder)  # the reusing cache keeps its pixels (the inode lives on)
+    np.testing.assert_array_equal(CacheReader(second.folder).images, b.images)
+    assert sum(len(batch.index) for batch in create_loader(fewer, make_ctx(fewer), "train", False)) == second.count
+
+    dataset.write_text(dataset.read_text().replace("sample 1 ", "sample one "))  # a text fix in the manifest
+    third = _build(make_cfg(dataset, tmp_path / "cache", "--data.categorical_columns=[]"))
+    assert third.pixels_from == second.folder and third.decoded == 0
+
+
+def test_pixels_are_not_reused_from_other_images(dataset, tmp_path):
+    """The same manifest under another data.root names other files: decoded again, and the old cache is stale."""
+    import shutil
+
+    first = _build(make_cfg(dataset, tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset.parent, copy)
+    moved = make_cfg(copy / dataset.name, tmp_path / "cache")
+    with pytest.raises(CacheError, match="image paths changed"):
+        open_cache(moved, make_ctx(moved), "train")
+    second = _build(moved)
+    assert second.pixels_from is None and second.decoded == second.count and second.folder != first.folder
+    bigger = _build(make_cfg(dataset, tmp_path / "cache", "--cache.stored_size=40"))
+    assert bigger.pixels_from is None and bigger.decoded == bigger.count
+
+
+def test_reused_pixels_with_rejects_obey_on_bad_image(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root)
+    manifest = write_dataset(root, extra=_bad_files(root))
+    skip = _build(make_cfg(manifest, tmp_path / "cache", "--data.on_bad_image=skip"))
+    assert len(skip.rejected) == 4  # truncated, corrupt, empty, text (missing.jpg is present here)
+    reuse = _build(make_cfg(manifest, tmp_path / "cache", "--data.on_bad_image=skip", "--data.categorical_columns=[]"))
+    assert reuse.pixels_from == skip.folder and sorted(r["record"] for r in reuse.rejected) == sorted(
+        r["record"] for r in skip.rejected)
+    strict = make_cfg(manifest, tmp_path / "cache", "--data.numeric_columns=[]")
+    with pytest.raises(CacheBuildError, match=r"(?s)manifest row \d+: .*bad/truncated\.jpg"):
+        _build(strict)

@@ -15,11 +15,18 @@ A cache of one split is a folder ``<cache.dir>/<split>-<key[:12]>/``::
     good.npy         int64  [M]   records the reader serves (all but the rejected ones), ascending
     rejects.csv      record,row,path,reason  (header only when nothing was rejected)
     metadata.json    how it was built: the key components, counts, stride, shape, versions
+                     (and ``pixels_from``, the cache whose images.u8 it reuses, if any)
 
 Record i is split position i (``DataContext.split(split)`` order), whether or
 not its image was good, so a record's offset never depends on other records
 and parallel builders can write straight into the file. A rejected record
 stays zero-filled and is left out of ``good.npy``.
+
+The pixels depend on fewer settings than the rest (``PIXEL_KEY``): a cache whose
+text or tabular settings differ from an existing one (another tokenizer or
+max length, the image-only recipe, a text fix in the manifest) reuses that
+cache's finished ``images.u8`` -- hard-linked, since finished caches are never
+written again -- instead of decoding every photo again.
 """
 from __future__ import annotations
 
@@ -83,6 +90,7 @@ class CacheKey:
     manifest_version: str  # sha256 of the manifest file
     split: str
     rows_sha: str  # sha256 of the selected manifest rows (covers max_*_samples and the seed)
+    images_sha: str  # sha256 of the records' absolute image paths, in order (covers data.root and the image column)
     image_column: str
     stored_size: int
     resize_policy: str
@@ -107,16 +115,26 @@ class CacheKey:
     def folder_name(self) -> str:
         return f"{self.split}-{self.digest[:12]}"
 
+    @property
+    def pixel_key(self) -> dict:
+        """The components that decide ``images.u8`` (and its checksums and rejects)."""
+        return {k: getattr(self, k) for k in PIXEL_KEY}
+
+
+PIXEL_KEY = ("split", "images_sha", "stored_size", "resize_policy", "draft", "format_version")
+
 
 def cache_key(cfg, ctx, split: str) -> CacheKey:
     """The key of ``split``'s cache under run config ``cfg`` and data context ``ctx``."""
     from engine.data.manifest import select_split, split_limit
 
     rows = select_split(ctx.manifest, split, split_limit(cfg.data, split), ctx.seed).astype(np.int64)
+    paths = "\n".join(os.path.abspath(ctx.manifest.image_path(i, cfg.data.image_column)) for i in rows)
     return CacheKey(
         manifest_version=ctx.manifest.version,
         split=split,
         rows_sha=hashlib.sha256(rows.tobytes()).hexdigest(),
+        images_sha=hashlib.sha256(paths.encode()).hexdigest(),
         image_column=cfg.data.image_column,
         stored_size=cfg.cache.stored_size,
         resize_policy=cfg.cache.resize_policy,

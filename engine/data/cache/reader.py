@@ -98,6 +98,8 @@ def _diff(old: dict, new: dict) -> str:
         if old.get(k) != new[k]:
             if k == "manifest_version":
                 out.append(f"the manifest changed (sha256 {str(old.get(k))[:12]}... -> {new[k][:12]}...)")
+            elif k == "images_sha":
+                out.append("the image paths changed (data.root, data.image_column or the rows)")
             elif k in ("tabular", "classes", "rows_sha"):
                 out.append(f"{k} changed")
             else:

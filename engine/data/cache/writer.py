@@ -15,6 +15,13 @@ Build protocol (safe against a kill at any moment, SIGKILL included):
    drop the progress files and ``os.rename`` the folder to its final name.
 
 A folder without the ``.partial`` suffix is therefore always complete.
+
+When a finished cache of the same split has the same pixel key (``format.PIXEL_KEY``),
+steps 2-4's decoding is skipped: its ``images.u8`` is hard-linked (copied where
+links are impossible) into ``<name>.partial/`` with its checksums and rejects, and
+only the per-record fields are written. No key file is written there, so an
+interrupted reuse is never mistaken for a resumable decode (which writes into
+``images.u8``).
 """
 from __future__ import annotations
 
@@ -50,10 +57,14 @@ class BuildSummary:
     seconds: float = 0.0
     decoded: int = 0  # records decoded by this call (0 when the cache was up to date)
     up_to_date: bool = False
+    pixels_from: Optional[Path] = None  # the cache whose images.u8 this one reuses
 
     def line(self) -> str:
         if self.up_to_date:
             return f"{self.split}: up to date, {self.good}/{self.count} records in {self.folder}"
+        if self.pixels_from is not None:
+            return (f"{self.split}: {self.good}/{self.count} records, pixels reused from {self.pixels_from.name} "
+                    f"(nothing decoded), fields written in {self.seconds:.1f}s -> {self.folder}")
         rate = self.decoded / self.seconds if self.seconds else 0.0
         return (f"{self.split}: {self.good}/{self.count} records, {len(self.rejected)} rejected"
                 f"{' (see ' + str(self.folder / fmt.REJECTS) + ')' if self.rejected else ''}, "
@@ -121,13 +132,18 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
     n, size = len(data), cfg.cache.stored_size
     stride = fmt.record_stride(size)
     partial = final.with_name(final.name + fmt.PARTIAL_SUFFIX)
+    source = find_pixel_source(Path(cfg.cache.dir), key)
+    if source is not None:
+        summary = _reuse_pixels(source, partial, final, key, data, size, cfg)
+        summary.seconds = time.perf_counter() - t0
+        return summary
     chunk_size = _prepare_partial(partial, key, n, stride, cfg.cache.chunk_size)
     chunks = partial / fmt.CHUNKS
     n_chunks = -(-n // chunk_size)
     done = {int(p.stem) for p in chunks.glob("*.json")}
     jobs = [(k, k * chunk_size, data.paths[k * chunk_size : (k + 1) * chunk_size]) for k in range(n_chunks) if k not in done]
     decoded = _run_jobs(jobs, partial, n, cfg, split, data, workers, progress, n - sum(len(j[2]) for j in jobs))
-    summary = _finish(partial, final, key, data, size, stride, chunk_size, n_chunks)
+    summary = _finish(partial, final, key, data, size, n_chunks)
     summary.seconds, summary.decoded = time.perf_counter() - t0, decoded
     return summary
 
@@ -179,7 +195,8 @@ def _bad_report(rejects: list[dict], data, cfg, split: str) -> str:
     return "\n".join(lines)
 
 
-def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, stride: int, chunk_size: int, n_chunks: int) -> BuildSummary:
+def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, n_chunks: int) -> BuildSummary:
+    """Collect the chunks' checksums and rejects, verify every record against them, seal."""
     n = len(data)
     sums = np.zeros(n, np.uint32)
     rejects: list[dict] = []
@@ -192,6 +209,48 @@ def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, stri
         shutil.rmtree(partial / fmt.CHUNKS)  # records do not match what the workers wrote: rebuild from scratch
         (partial / fmt.CHUNKS).mkdir()
         raise fmt.CacheError(f"{partial}: {len(bad)} records changed after they were written (first: {bad[:5]}); rerun to rebuild")
+    return _seal(partial, final, key, data, size, sums, rejects)
+
+
+def find_pixel_source(root: Path, key: fmt.CacheKey) -> Optional[Path]:
+    """The newest finished cache under ``root`` whose pixels are the ones ``key`` asks for, or None."""
+    if not root.is_dir():
+        return None
+    metas = sorted(root.glob(f"{key.split}-*/{fmt.METADATA}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for m in metas:
+        try:
+            old = json.loads(m.read_text())["key"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if {k: old.get(k) for k in fmt.PIXEL_KEY} == key.pixel_key and (m.parent / fmt.IMAGES).is_file():
+            return m.parent
+    return None
+
+
+def _reuse_pixels(source: Path, partial: Path, final: Path, key: fmt.CacheKey, data, size: int, cfg) -> BuildSummary:
+    """Seal a cache from ``source``'s images, checksums and rejects plus ``data``'s fields (see the module doc)."""
+    sums = np.load(source / fmt.CHECKSUMS)
+    if len(sums) != len(data):
+        raise fmt.CacheError(f"{source}: {len(sums)} records, expected {len(data)}; delete it and rebuild")
+    with open(source / fmt.REJECTS, newline="") as f:
+        rejects = [{"record": int(r["record"]), "path": r["path"], "reason": r["reason"]} for r in csv.DictReader(f)]
+    if rejects and cfg.data.on_bad_image == "error":  # what a decode build would say about the same images
+        raise CacheBuildError(_bad_report(rejects, data, cfg, key.split))
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        os.link(source / fmt.IMAGES, partial / fmt.IMAGES)  # finished caches are read-only: sharing the inode is safe
+    except OSError:  # another file system, or no hard links there
+        shutil.copyfile(source / fmt.IMAGES, partial / fmt.IMAGES)
+    summary = _seal(partial, final, key, data, size, sums, rejects, pixels_from=source.name)
+    summary.pixels_from = source
+    return summary
+
+
+def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: np.ndarray, rejects: list[dict],
+          pixels_from: Optional[str] = None) -> BuildSummary:
+    """Write the per-record fields, checksums, good records, rejects and metadata; rename to ``final``."""
+    n, stride = len(data), fmt.record_stride(size)
     good = np.setdiff1d(np.arange(n, dtype=np.int64), [r["record"] for r in rejects])  # sorted, like the records
     for name, dtype in fmt.FIELDS.items():
         np.save(partial / f"{name}.npy", np.ascontiguousarray(getattr(data, name), dtype=dtype))
@@ -216,11 +275,12 @@ def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, stri
         "layout": "HWC RGB",
         "fields": {name: {"dtype": str(dt), "shape": list(getattr(data, name).shape)} for name, dt in fmt.FIELDS.items()},
         "checksum": "zlib.crc32 of each record's payload",
+        "pixels_from": pixels_from,
         "versions": fmt.library_versions(),
     }
     _atomic_write(partial / fmt.METADATA, json.dumps(meta, indent=1, sort_keys=True))
-    shutil.rmtree(partial / fmt.CHUNKS)
-    (partial / fmt.KEY_FILE).unlink()
+    shutil.rmtree(partial / fmt.CHUNKS, ignore_errors=True)  # a decode build's progress files, dropped last
+    (partial / fmt.KEY_FILE).unlink(missing_ok=True)
     _fsync_dir(partial)
     os.rename(partial, final)
     _fsync_dir(final.parent)
@@ -239,7 +299,7 @@ def bad_records(records: np.ndarray, sums: np.ndarray, payload: int, desc: str =
     """Indices of the rows of ``records`` (uint8 [n, stride]) whose first ``payload`` bytes do not match ``sums``."""
     from tqdm import tqdm
 
-    return [i for i in tqdm(range(len(sums)), desc=desc, unit="rec", mininterval=1.0, leave=False)
+    return [i for i in tqdm(range(len(sums)), desc=desc, unit="rec", mininterval=1.0, leave=False, disable=None)  # None: off without a TTY
             if fmt.checksum(records[i, :payload]) != int(sums[i])]
 
 
