@@ -304,3 +304,58 @@ def test_reused_pixels_with_rejects_obey_on_bad_image(tmp_path):
     strict = make_cfg(manifest, tmp_path / "cache", "--data.numeric_columns=[]")
     with pytest.raises(CacheBuildError, match=r"(?s)manifest row \d+: .*bad/truncated\.jpg"):
         _build(strict)
+
+
+def test_build_command_repeats_this_process_key_overrides(dataset, tmp_path, monkeypatch):
+    """A label column or tokenizer given on the command line must reach the rebuild command (not the backbone)."""
+    from engine.data.cache.format import build_command
+
+    argv = ["train.py", "--config", "configs/x.yaml", "--data.label_column=label_v2", "--model.backbone", "resnet18",
+            "--model.text_encoder", "minilm", "--run.seed=3", "--cache.splits=[train,val]", "--resume"]
+    monkeypatch.setattr("sys.argv", argv)
+    cmd = build_command(make_cfg(dataset, tmp_path / "cache"), "val")
+    assert "--data.label_column=label_v2" in cmd and "--model.text_encoder=minilm" in cmd and "--run.seed=3" in cmd
+    assert "backbone" not in cmd and "--resume" not in cmd and cmd.count("cache.splits") == 1
+    assert "--cache.splits=[val]" in cmd
+
+
+def test_key_covers_label_and_text_columns(dataset, tmp_path):
+    """Switching to a corrected label column (same class names) must not serve the old labels."""
+    import csv
+
+    rows = list(csv.DictReader(open(dataset)))
+    for i, r in enumerate(rows):
+        r["label_v2"] = ["cat", "dog", "eel"][(i + 1) % 3]
+    with open(dataset, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _build(make_cfg(dataset, tmp_path / "cache"))
+    v2 = make_cfg(dataset, tmp_path / "cache", "--data.label_column=label_v2")
+    with pytest.raises(CacheError, match="label_column: cache has 'label', settings say 'label_v2'"):
+        open_cache(v2, make_ctx(v2), "train")
+    summary = _build(v2)
+    assert summary.pixels_from is not None  # same photos: only the fields are new
+    np.testing.assert_array_equal(open_cache(v2, make_ctx(v2), "train").fields["labels"], make_ctx(v2).split("train").labels)
+
+
+def test_error_mode_refuses_a_cache_built_with_skip(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root)
+    manifest = write_dataset(root, extra=_bad_files(root))
+    _build(make_cfg(manifest, tmp_path / "cache", "--data.on_bad_image=skip"))
+    strict = make_cfg(manifest, tmp_path / "cache")
+    for attempt in (lambda: _build(strict), lambda: open_cache(strict, make_ctx(strict), "train")):
+        with pytest.raises(CacheError, match=r"(?s)leaves out 4 undecodable.*manifest row \d+: .*bad/.*on_bad_image=skip"):
+            attempt()
+
+
+def test_pixels_are_decoded_again_when_an_image_file_changed(dataset, tmp_path):
+    """Reuse needs the same files, not only the same paths: a replaced photo is decoded, not served stale."""
+    first = _build(make_cfg(dataset, tmp_path / "cache"))
+    victim = Path(make_ctx(make_cfg(dataset, tmp_path / "cache")).split("train").paths[0])
+    Image.new("RGB", (90, 70), (255, 0, 0)).save(victim, quality=95)
+    other = make_cfg(dataset, tmp_path / "cache", "--data.categorical_columns=[]")
+    second = _build(other)
+    assert second.pixels_from is None and second.decoded == second.count != 0 and first.folder != second.folder
+    np.testing.assert_array_equal(open_cache(other, make_ctx(other), "train").record(0), decode_resized(str(victim), 32, "crop", True))

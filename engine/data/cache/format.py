@@ -26,7 +26,9 @@ The pixels depend on fewer settings than the rest (``PIXEL_KEY``): a cache whose
 text or tabular settings differ from an existing one (another tokenizer or
 max length, the image-only recipe, a text fix in the manifest) reuses that
 cache's finished ``images.u8`` -- hard-linked, since finished caches are never
-written again -- instead of decoding every photo again.
+written again -- instead of decoding every photo again, provided the image
+files are unchanged since that cache was built (``images_fingerprint``: every
+file's size and modification time, recorded in ``metadata.json``).
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ class CacheKey:
     rows_sha: str  # sha256 of the selected manifest rows (covers max_*_samples and the seed)
     images_sha: str  # sha256 of the records' absolute image paths, in order (covers data.root and the image column)
     image_column: str
+    text_column: str  # "" without text
+    label_column: str
     stored_size: int
     resize_policy: str
     draft: bool  # libjpeg DCT downscaling changes pixels slightly, so it is part of the key
@@ -136,6 +140,8 @@ def cache_key(cfg, ctx, split: str) -> CacheKey:
         rows_sha=hashlib.sha256(rows.tobytes()).hexdigest(),
         images_sha=hashlib.sha256(paths.encode()).hexdigest(),
         image_column=cfg.data.image_column,
+        text_column=cfg.data.text_column or "",
+        label_column=cfg.data.label_column,
         stored_size=cfg.cache.stored_size,
         resize_policy=cfg.cache.resize_policy,
         draft=cfg.cache.draft,
@@ -144,6 +150,18 @@ def cache_key(cfg, ctx, split: str) -> CacheKey:
         tabular=ctx.tabular.to_dict(),
         classes=list(ctx.classes),
     )
+
+
+def images_fingerprint(paths: list[str]) -> str:
+    """sha256 over each image file's path, size and modification time (a replaced or fixed file changes it)."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()
 
 
 def cache_dir(cfg, key: CacheKey) -> Path:
@@ -155,13 +173,16 @@ def build_command(cfg, split: str) -> str:
 
     The recipe path is taken from this process's ``--config`` argument, or
     ``RUN/config.yaml`` for ``--run RUN`` (tools/evaluate.py; a run's resolved
-    config loads as a recipe); the settings that enter the cache key are
-    spelled out as overrides so the command is right even if the recipe has
-    been edited.
+    config loads as a recipe).  The command repeats this process's own
+    overrides of settings that enter the cache key (``--data.*``, ``--cache.*``,
+    ``--run.seed``, ``--model.text_encoder``, ``--model.text_max_length``), and
+    spells out the pixel settings and the tokenizer length in any case, so the
+    command is right even if the recipe has been edited since.
     """
     config, run = _argv_value("--config"), _argv_value("--run")
     recipe = config or (str(Path(run) / "config.yaml") if run else "CONFIG.yaml")
-    over = {
+    over = _argv_key_overrides()
+    over.update({
         "data.manifest": cfg.data.manifest,
         "cache.dir": cfg.cache.dir,
         "cache.stored_size": cfg.cache.stored_size,
@@ -169,11 +190,33 @@ def build_command(cfg, split: str) -> str:
         "cache.draft": str(cfg.cache.draft).lower(),
         "model.text_max_length": cfg.model.text_max_length,
         "cache.splits": f"[{split}]",
-    }
+    })
     if cfg.data.root:
         over["data.root"] = cfg.data.root
     parts = ["python", "tools/build_cache.py", "--config", recipe] + [f"--{k}={v}" for k, v in over.items()]
     return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+_KEY_OVERRIDES = ("data.", "cache.", "run.seed", "model.text_encoder", "model.text_max_length")
+
+
+def _argv_key_overrides() -> dict[str, str]:
+    """This process's ``--section.key=value`` / ``--section.key value`` arguments that enter the cache key."""
+    args, out, i = sys.argv[1:], {}, 0
+    while i < len(args):
+        arg = args[i]
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if "." in name:
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            elif i + 1 < len(args):
+                value, i = args[i + 1], i + 1
+            else:
+                value = ""
+            if name.startswith(_KEY_OVERRIDES) and name != "cache.splits":
+                out[name] = value
+        i += 1
+    return out
 
 
 def _argv_value(flag: str) -> str | None:

@@ -88,7 +88,21 @@ def open_cache(cfg, ctx, split: str) -> CacheReader:
     if reader.key != key.to_dict():
         raise fmt.CacheError(f"{folder} was built for other settings ({_diff(reader.key, key.to_dict())}); "
                              f"delete it and rebuild with: {cmd}")
+    refuse_rejects_in_error_mode(reader, cfg.data.on_bad_image, cmd)
     return reader
+
+
+def refuse_rejects_in_error_mode(reader: CacheReader, on_bad_image: str, cmd: str, error=fmt.CacheError) -> None:
+    """A cache built with data.on_bad_image=skip leaves its bad images out; under 'error' that must stop the run,
+    as a build in 'error' mode would have, naming the files and rows."""
+    if on_bad_image != "error" or not int(reader.meta.get("rejected", 0)):
+        return
+    rejects = reader.rejects()
+    head = "; ".join(f"manifest row {r['row']}: {r['path']}: {r['reason']}" for r in rejects[:5])
+    raise error(f"{reader.folder} leaves out {len(rejects)} undecodable image(s), listed in {reader.folder / fmt.REJECTS} "
+                f"(it was built with data.on_bad_image=skip): {head}. With data.on_bad_image=error they stop the run: "
+                f"set --data.on_bad_image=skip to train without them, or fix the files, delete {reader.folder} and "
+                f"rebuild with: {cmd}")
 
 
 def _diff(old: dict, new: dict) -> str:

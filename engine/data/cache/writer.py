@@ -125,6 +125,10 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
     if (final / fmt.METADATA).is_file():
         meta = json.loads((final / fmt.METADATA).read_text())
         if meta.get("key") == key.to_dict():
+            from engine.data.cache.reader import CacheReader, refuse_rejects_in_error_mode
+
+            refuse_rejects_in_error_mode(CacheReader(final), cfg.data.on_bad_image, fmt.build_command(cfg, split),
+                                         CacheBuildError)
             return BuildSummary(split, final, meta["count"], meta["good"], up_to_date=True)
         raise fmt.CacheError(f"{final} exists but was built for other settings; delete it and run: {fmt.build_command(cfg, split)}")
     t0 = time.perf_counter()
@@ -132,9 +136,10 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
     n, size = len(data), cfg.cache.stored_size
     stride = fmt.record_stride(size)
     partial = final.with_name(final.name + fmt.PARTIAL_SUFFIX)
-    source = find_pixel_source(Path(cfg.cache.dir), key)
+    fingerprint = fmt.images_fingerprint(data.paths)
+    source = find_pixel_source(Path(cfg.cache.dir), key, fingerprint)
     if source is not None:
-        summary = _reuse_pixels(source, partial, final, key, data, size, cfg)
+        summary = _reuse_pixels(source, partial, final, key, data, size, cfg, fingerprint)
         summary.seconds = time.perf_counter() - t0
         return summary
     chunk_size = _prepare_partial(partial, key, n, stride, cfg.cache.chunk_size)
@@ -143,7 +148,7 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
     done = {int(p.stem) for p in chunks.glob("*.json")}
     jobs = [(k, k * chunk_size, data.paths[k * chunk_size : (k + 1) * chunk_size]) for k in range(n_chunks) if k not in done]
     decoded = _run_jobs(jobs, partial, n, cfg, split, data, workers, progress, n - sum(len(j[2]) for j in jobs))
-    summary = _finish(partial, final, key, data, size, n_chunks)
+    summary = _finish(partial, final, key, data, size, n_chunks, fingerprint)
     summary.seconds, summary.decoded = time.perf_counter() - t0, decoded
     return summary
 
@@ -195,7 +200,7 @@ def _bad_report(rejects: list[dict], data, cfg, split: str) -> str:
     return "\n".join(lines)
 
 
-def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, n_chunks: int) -> BuildSummary:
+def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, n_chunks: int, fingerprint: str) -> BuildSummary:
     """Collect the chunks' checksums and rejects, verify every record against them, seal."""
     n = len(data)
     sums = np.zeros(n, np.uint32)
@@ -209,25 +214,29 @@ def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, n_ch
         shutil.rmtree(partial / fmt.CHUNKS)  # records do not match what the workers wrote: rebuild from scratch
         (partial / fmt.CHUNKS).mkdir()
         raise fmt.CacheError(f"{partial}: {len(bad)} records changed after they were written (first: {bad[:5]}); rerun to rebuild")
-    return _seal(partial, final, key, data, size, sums, rejects)
+    return _seal(partial, final, key, data, size, sums, rejects, fingerprint)
 
 
-def find_pixel_source(root: Path, key: fmt.CacheKey) -> Optional[Path]:
-    """The newest finished cache under ``root`` whose pixels are the ones ``key`` asks for, or None."""
+def find_pixel_source(root: Path, key: fmt.CacheKey, fingerprint: str) -> Optional[Path]:
+    """The newest finished cache under ``root`` whose pixels are the ones ``key`` asks for, decoded from the
+    same files (``format.images_fingerprint``), or None."""
     if not root.is_dir():
         return None
     metas = sorted(root.glob(f"{key.split}-*/{fmt.METADATA}"), key=lambda p: p.stat().st_mtime, reverse=True)
     for m in metas:
         try:
-            old = json.loads(m.read_text())["key"]
+            meta = json.loads(m.read_text())
+            old = meta["key"]
         except (OSError, ValueError, KeyError):
             continue
-        if {k: old.get(k) for k in fmt.PIXEL_KEY} == key.pixel_key and (m.parent / fmt.IMAGES).is_file():
+        same_files = meta.get("images_fingerprint") == fingerprint
+        if same_files and {k: old.get(k) for k in fmt.PIXEL_KEY} == key.pixel_key and (m.parent / fmt.IMAGES).is_file():
             return m.parent
     return None
 
 
-def _reuse_pixels(source: Path, partial: Path, final: Path, key: fmt.CacheKey, data, size: int, cfg) -> BuildSummary:
+def _reuse_pixels(source: Path, partial: Path, final: Path, key: fmt.CacheKey, data, size: int, cfg,
+                  fingerprint: str) -> BuildSummary:
     """Seal a cache from ``source``'s images, checksums and rejects plus ``data``'s fields (see the module doc)."""
     sums = np.load(source / fmt.CHECKSUMS)
     if len(sums) != len(data):
@@ -242,13 +251,13 @@ def _reuse_pixels(source: Path, partial: Path, final: Path, key: fmt.CacheKey, d
         os.link(source / fmt.IMAGES, partial / fmt.IMAGES)  # finished caches are read-only: sharing the inode is safe
     except OSError:  # another file system, or no hard links there
         shutil.copyfile(source / fmt.IMAGES, partial / fmt.IMAGES)
-    summary = _seal(partial, final, key, data, size, sums, rejects, pixels_from=source.name)
+    summary = _seal(partial, final, key, data, size, sums, rejects, fingerprint, pixels_from=source.name)
     summary.pixels_from = source
     return summary
 
 
 def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: np.ndarray, rejects: list[dict],
-          pixels_from: Optional[str] = None) -> BuildSummary:
+          fingerprint: str, pixels_from: Optional[str] = None) -> BuildSummary:
     """Write the per-record fields, checksums, good records, rejects and metadata; rename to ``final``."""
     n, stride = len(data), fmt.record_stride(size)
     good = np.setdiff1d(np.arange(n, dtype=np.int64), [r["record"] for r in rejects])  # sorted, like the records
@@ -276,6 +285,7 @@ def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: 
         "fields": {name: {"dtype": str(dt), "shape": list(getattr(data, name).shape)} for name, dt in fmt.FIELDS.items()},
         "checksum": "zlib.crc32 of each record's payload",
         "pixels_from": pixels_from,
+        "images_fingerprint": fingerprint,
         "versions": fmt.library_versions(),
     }
     _atomic_write(partial / fmt.METADATA, json.dumps(meta, indent=1, sort_keys=True))
