@@ -13,16 +13,17 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from engine.data.batch import Batch
+from engine.data.cache.decode import to_rgb
 from engine.data.dataset import SplitData
 from engine.data.loader_base import ShardedLoader
 from kernels.config import AugmentConfig
 
 
 def decode_rgb(path: str) -> Image.Image:
-    """Decode any Pillow-readable image to RGB with EXIF orientation applied."""
+    """Decode any Pillow-readable image to RGB with EXIF orientation applied, converting colours as the cache
+    does (``to_rgb``: 16-bit scaled not clipped, transparency over white), so every backend sees one image."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(im))
 
 
 def pil_transforms(aug: AugmentConfig, size: int, train: bool):
