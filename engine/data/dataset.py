@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from engine.data.config import DataConfig
-from engine.data.manifest import Manifest, load_manifest, select_split, split_limit
+from engine.data.manifest import Manifest, ManifestError, load_manifest, select_split, split_limit
 from engine.data.tabular import TabularEncoder
 
 
@@ -56,7 +56,10 @@ class DataContext:
         self.text_max_length = text_max_length if self.text_encoder else 0
         self.manifest: Manifest = load_manifest(data_cfg, required_splits=required_splits)
         train_rows = [self.manifest.rows[i] for i in self.manifest.split_indices("train")]
-        self.tabular = TabularEncoder.fit(train_rows, data_cfg.numeric_columns, data_cfg.categorical_columns)
+        try:
+            self.tabular = TabularEncoder.fit(train_rows, data_cfg.numeric_columns, data_cfg.categorical_columns)
+        except ValueError as e:  # a column of the user's manifest: name the file
+            raise ManifestError(f"{self.manifest.path}: {e}") from None
         self._splits: dict[str, SplitData] = {}
 
     @property

@@ -1,18 +1,22 @@
 """Tabular fields: numeric columns normalised with train statistics, categoricals as indices."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class TabularEncoder:
     """Fitted on the train split only; stored in the cache metadata and in checkpoints.
 
-    Missing or unparsable numeric values become the train mean (0 after
-    normalisation). Categorical values map to 1..K by first appearance in
+    Missing, unparsable or non-finite numeric values become the train mean (0
+    after normalisation); a column none of whose train values parses is refused
+    (decimal commas, say), and one with some unparsable values is reported. Categorical values map to 1..K by first appearance in
     sorted order; 0 is the unknown-value slot (unseen at train time or empty).
     """
 
@@ -26,7 +30,10 @@ class TabularEncoder:
     def fit(cls, rows: list[dict], numeric_columns: list[str], categorical_columns: list[str]) -> "TabularEncoder":
         means, stds = [], []
         for col in numeric_columns:
-            vals = np.array([v for v in (_to_float(r.get(col)) for r in rows) if not math.isnan(v)], dtype=np.float64)
+            raw = [r.get(col) for r in rows]
+            parsed = [_to_float(v) for v in raw]
+            vals = np.array([v for v in parsed if not math.isnan(v)], dtype=np.float64)
+            _check_parsed(col, raw, parsed, vals.size)
             mean = float(vals.mean()) if vals.size else 0.0
             std = float(vals.std()) if vals.size > 1 else 1.0
             means.append(mean)
@@ -63,9 +70,24 @@ class TabularEncoder:
 
 
 def _to_float(v) -> float:
+    """The value as a finite float, or NaN (missing): empty, unparsable, inf and NaN alike."""
     if v is None or v == "":
         return math.nan
     try:
-        return float(v)
+        f = float(v)
     except (TypeError, ValueError):
         return math.nan
+    return f if math.isfinite(f) else math.nan
+
+
+def _check_parsed(col: str, raw: list, parsed: list[float], n_ok: int) -> None:
+    bad = [v for v, f in zip(raw, parsed) if v not in (None, "") and math.isnan(f)]
+    if not bad:
+        return
+    examples = ", ".join(repr(v) for v in list(dict.fromkeys(map(str, bad)))[:5])
+    if not n_ok:
+        raise ValueError(f"numeric column {col!r}: none of its {len(bad)} non-empty train values is a finite number "
+                         f"(e.g. {examples}); write numbers with a decimal point, or list the column in "
+                         f"data.categorical_columns")
+    log.warning("numeric column %r: %d train values are not finite numbers and are treated as missing (e.g. %s)",
+                col, len(bad), examples)
