@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ class MixDecision:
     box: Optional[tuple[int, int, int, int]] = None  # cutmix (y0, y1, x0, x1), half-open
 
 
-def mix_decision(cfg: AugmentConfig, step_seed: int, hw: tuple[int, int]) -> MixDecision:
-    """What ``mix`` will do for this step: a pure function of (cfg, step_seed, image size)."""
+def mix_decision(cfg: AugmentConfig, step_seed: int | Sequence[int], hw: tuple[int, int]) -> MixDecision:
+    """What ``mix`` will do for this step: a pure function of (cfg, step_seed, image size); ``step_seed`` is an
+    int or a tuple of ints (the trainer passes (run seed, rank, epoch, batch))."""
     use_mixup, use_cutmix = cfg.mixup_alpha > 0, cfg.cutmix_alpha > 0
     rng = np.random.default_rng(step_seed)
     if not (use_mixup or use_cutmix) or rng.random() >= cfg.mix_prob:
@@ -49,7 +50,7 @@ def mix_decision(cfg: AugmentConfig, step_seed: int, hw: tuple[int, int]) -> Mix
 
 
 def mix(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: AugmentConfig,
-        step_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        step_seed: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     if images.dim() != 4:
         raise ValueError(f"mix expects [B,C,H,W] images, got shape {tuple(images.shape)}")
     onehot = torch.nn.functional.one_hot(labels.long(), num_classes).to(device=images.device, dtype=torch.float32)

@@ -1,6 +1,7 @@
 """The training loop: ``train()`` reads top to bottom; each piece it calls is short and testable."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -27,6 +28,8 @@ from engine.training.stages import stage_epochs, stage_lr, stage_of
 from engine.training.step import DevicePipe, training_loss
 from engine.training.wrap import deepspeed_config, release, wrap_model
 
+
+log = logging.getLogger(__name__)
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -72,6 +75,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     monitor = Monitor(cfg, run.path, dist.is_main, resume)
 
     def save_last() -> None:  # epoch ends and every train.checkpoint_every_steps updates
+        _refuse_non_finite_weights(engine.module, state)  # a finite loss can hide non-finite gradients
         # The saved model gets the ranks' averaged BatchNorm statistics; the live ones stay each rank's own
         # (saved beside it for resume), so saving mid-epoch leaves the run's course unchanged.
         own = buffer_snapshot(engine.module)
@@ -95,9 +99,9 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
             record = {"epoch": epoch + 1, "step": state.global_step, "stage": state.stage, **train_stats, **_scalars(val)}
             run.log_metrics(record, fresh=epoch == 0 and not resume)
             monitor.scalars(record, state.global_step)
-            save_last()
-            if improved:
+            if improved:  # before 'last': a kill between the two must not leave 'last' naming a 'best' never written
                 save_checkpoint(engine, run.checkpoints, "best", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
+            save_last()
             if cfg.train.early_stopping_patience and state.bad_epochs >= cfg.train.early_stopping_patience:
                 break
             if stop_after_epoch is not None and state.epoch >= stop_after_epoch:
@@ -122,7 +126,8 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
     for i, batch in enumerate(_rng_neutral(loader) if start < total else (), start):
         t_step = time.perf_counter()
         wait += t_step - t_wait  # time the step waited for data
-        inputs, targets, batch = pipe(batch, True, epoch, num_classes, step_seed=state.global_step)
+        # mixup/cutmix draw: per (seed, rank, epoch, batch), so micro-batches and ranks mix differently
+        inputs, targets, batch = pipe(batch, True, epoch, num_classes, step_seed=(cfg.run.seed, dist.rank, epoch, i))
         out = engine(**inputs)
         loss, parts = training_loss(engine.module, out, targets, cfg, class_weights)
         if not torch.isfinite(loss) and not skip_nonfinite:  # a CPU-GPU sync point, worth it to stop early
@@ -225,6 +230,14 @@ def _build_engine(model, cfg: Config, dist: DistInfo, precision: str, steps_per_
     return engine
 
 
+def _refuse_non_finite_weights(module: torch.nn.Module, state: TrainState) -> None:
+    """Raise NonFiniteLoss rather than overwrite the last good checkpoint with non-finite weights."""
+    if all(torch.isfinite(p).all() for p in module.parameters()):  # one sync per save; saves are rare
+        return
+    raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (the loss was finite: non-finite gradients); "
+                        "not saved, last good checkpoint kept")
+
+
 def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
@@ -233,6 +246,11 @@ def _track_best(cfg: Config, state: TrainState, metrics: dict) -> bool:
     value = metrics[cfg.eval.metric] if cfg.eval.metric in metrics else None
     if value is None:
         raise KeyError(f"eval.metric={cfg.eval.metric!r} is not an evaluation metric; choose one of {sorted(_scalars(metrics))}")
+    if math.isnan(value):  # NaN compares False with everything: it must not freeze 'best' at an earlier epoch
+        log.warning("eval.metric=%s is NaN at epoch %d (undefined on this split); the epoch does not count as an "
+                    "improvement. Consider eval.metric=val_loss", cfg.eval.metric, state.epoch)
+        state.bad_epochs += 1
+        return False
     if cfg.eval.better(value, state.best_metric):
         state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
         return True

@@ -39,13 +39,15 @@ class DevicePipe:
                                         dtype=self.dtype, channels_last=self.channels_last, device=self.device)
         return self._augmenter
 
-    def __call__(self, batch: Batch, train: bool, epoch: int, num_classes: int, step_seed: int = 0):
+    def __call__(self, batch: Batch, train: bool, epoch: int, num_classes: int, step_seed: int | tuple[int, ...] = 0):
         batch = batch.to(self.device)
         images, targets = batch.images, batch.labels
         if batch.needs_augment:
             images = self.augmenter.train(images, batch.index, epoch) if train else self.augmenter.eval(images)
-            if train and (self.cfg.augment.mixup_alpha or self.cfg.augment.cutmix_alpha):
-                images, targets = self.augmenter.mix(images, targets, num_classes, step_seed)
+        if train and (self.cfg.augment.mixup_alpha or self.cfg.augment.cutmix_alpha):  # every backend's batches
+            from kernels.mix import mix
+
+            images, targets = mix(images, targets, num_classes, self.cfg.augment, step_seed)
         images = images.to(self.dtype)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -64,11 +66,18 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: Config
         soft = targets if targets.ndim == 2 else F.one_hot(targets, logits.shape[1]).float()
         if smoothing:
             soft = soft * (1 - smoothing) + smoothing / logits.shape[1]
-        focal = (1 - logp.exp()) ** cfg.train.focal_gamma
+        # clamped: d/dp (1-p)^gamma is infinite at p = 1 for gamma < 1, which turned a finite loss into NaN gradients
+        focal = (1 - logp.exp()).clamp_min(1e-12) ** cfg.train.focal_gamma
         per_class = -(soft * focal * logp)
         if class_weights is not None:
             per_class = per_class * class_weights
         return per_class.sum(1).mean()
+    if targets.ndim == 2 and class_weights is not None:
+        # PyTorch normalises weighted CE by the targets' total weight for class indices but takes a plain mean for
+        # soft targets, so turning on mixup would rescale the loss by a data-dependent factor. Normalise both alike.
+        soft = targets * (1 - smoothing) + smoothing / logits.shape[1] if smoothing else targets
+        weighted = soft * class_weights
+        return -(weighted * F.log_softmax(logits, dim=1)).sum() / weighted.sum()
     return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=smoothing)
 
 

@@ -49,3 +49,24 @@ def test_stage_settings():
     assert (stage_epochs(c, "frozen"), stage_epochs(c, "finetune")) == (2, 3)
     plain = load_config(None, {"optim": {"lr": 0.002}})
     assert stage_of(plain, 0) == "finetune" and stage_lr(plain, "finetune") == 0.002
+
+
+def test_weighted_ce_has_one_scale_for_index_and_soft_targets():
+    """Turning on mixup (soft targets, even when a batch is not mixed) must not rescale a class-weighted loss."""
+    logits = torch.randn(10, 3)
+    y = torch.tensor([0] * 9 + [1])
+    w = torch.tensor([0.2, 1.8, 1.0])
+    hard = classification_loss(logits, y, cfg(), w)
+    soft = classification_loss(logits, F.one_hot(y, 3).float(), cfg(), w)
+    assert soft.item() == pytest.approx(hard.item(), rel=1e-6)
+    mixed = F.one_hot(y, 3).float() * 0.7 + F.one_hot(y.flip(0), 3).float() * 0.3
+    expected = -(mixed * w * F.log_softmax(logits, 1)).sum() / (mixed * w).sum()
+    assert classification_loss(logits, mixed, cfg(), w).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_focal_gradients_stay_finite_on_a_certain_sample():
+    """gamma < 1: d(1-p)^gamma/dp is infinite at p = 1; a finite loss must not hide NaN gradients."""
+    logits = torch.tensor([[60.0, -60.0, -60.0], [0.1, 0.2, 0.3]], requires_grad=True)  # p = 1.0 exactly in fp32
+    loss = classification_loss(logits, torch.tensor([0, 2]), cfg(loss="focal", focal_gamma=0.5))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
