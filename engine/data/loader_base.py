@@ -61,7 +61,20 @@ class ShardedLoader:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "world": self.world,
+                "batch_size": self.batch_size, "n": self.n}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        """Restore the position. Mid-epoch, the batches done only mean the same samples under the same world
+        size, batch size and sample count: anything else would replay or skip samples, so it is refused."""
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        saved = {k: state[k] for k in ("world", "batch_size", "n") if k in state}
+        now = {"world": self.world, "batch_size": self.batch_size, "n": self.n}
+        if done and saved and saved != {k: now[k] for k in saved}:
+            from engine.config import ConfigError
+
+            raise ConfigError(f"cannot resume mid-epoch (epoch {epoch + 1}, after {done} batches per rank): the run was "
+                              f"saved with {saved} and now has {now}, so the rest of the epoch would replay or skip "
+                              "samples. Resume with the original world size and loader.batch_size, or from a checkpoint "
+                              "taken at the end of an epoch")
+        self.epoch, self.batches_done = epoch, done

@@ -86,6 +86,25 @@ def test_mid_epoch_resume_yields_the_remaining_batches(built):
         assert idx.tolist() == b.index.tolist() and bool((img == b.images).all())
 
 
+def test_mid_epoch_resume_refuses_another_world_size_or_batch_size(built):
+    """The batches done mean other samples on another world size or batch size: refused, not replayed/skipped."""
+    from engine.config import ConfigError
+
+    cfg, ctx = built
+    part = create_loader(cfg, ctx, "train", True, rank=0, world=2)
+    next(iter(part))
+    state = part.state_dict()
+    for other in (create_loader(cfg, ctx, "train", True, rank=0, world=1),
+                  create_loader(make_cfg(cfg.data.manifest, cfg.cache.dir, "--cache.stored_size=24", "--loader.batch_size=2"), ctx,
+                                "train", True)):
+        with pytest.raises(ConfigError, match=r"cannot resume mid-epoch .*'world': 2, 'batch_size': 4"):
+            other.load_state_dict(state)
+    at_epoch_end = {**state, "epoch": 1, "batches_done": 0}  # between epochs any layout is fine
+    single = create_loader(cfg, ctx, "train", True, rank=0, world=1)
+    single.load_state_dict(at_epoch_end)
+    assert single.epoch == 1 and single.batches_done == 0
+
+
 def test_released_pages_give_identical_batches(built, monkeypatch):
     """loader.release_pages unmaps pages as it reads; what it serves must not change."""
     import engine.data.cache.loader as cache_loader
