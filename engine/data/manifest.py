@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from engine.data.config import DataConfig
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -46,6 +48,9 @@ class Manifest:
         return ["" if self.rows[i].get(name) is None else str(self.rows[i][name]) for i in indices]
 
 
+_EXTRA = "\0extra"  # where csv puts the fields of a row longer than the header
+
+
 def _read_rows(path: Path, text: str) -> list[dict]:
     """Rows of the manifest ``text`` (read from ``path``), each tagged with its line number."""
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
@@ -63,11 +68,21 @@ def _read_rows(path: Path, text: str) -> list[dict]:
             rows.append(row)
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        rows = []
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
+                                restkey=_EXTRA)
+        rows, long, short = [], [], []
         for row in reader:
             row["_line"] = reader.line_num
+            if _EXTRA in row:
+                long.append(str(reader.line_num))
+            elif any(v is None for v in row.values()):
+                short.append(str(reader.line_num))
             rows.append(row)
+        if long:
+            raise ManifestError(f"{path}: {len(long)} rows have more fields than the header (an unquoted comma in a "
+                                f"text?) (lines {_examples(long)})")
+        if short:
+            raise ManifestError(f"{path}: {len(short)} rows have fewer fields than the header (lines {_examples(short)})")
         return rows
     raise ManifestError(f"{path}: unsupported manifest type '{path.suffix}' (use .csv, .tsv or .jsonl)")
 
@@ -76,12 +91,24 @@ def _examples(items: list[str], k: int = 5) -> str:
     return "; ".join(items[:k]) + (f"; ... ({len(items) - k} more)" if len(items) > k else "")
 
 
+def _label_text(v) -> str:
+    """A label as text, surrounding whitespace dropped ("cat " is "cat"); JSON numbers 2 and 2.0 are both "2"."""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
 def _canonical_labels(raw: list[str]) -> list[str]:
-    """Integer labels ("02", "2", " 2") collapse to one class "2"; any non-integer label keeps them all textual."""
+    """Integer labels ("02", "2", "2.0") collapse to one class "2"; any non-integer label keeps them all textual."""
     try:
         return [str(int(v)) for v in raw]
     except ValueError:
+        pass
+    try:
+        as_float = [float(v) for v in raw]
+    except ValueError:
         return raw
+    return [str(int(f)) for f in as_float] if all(f.is_integer() for f in as_float) else raw
 
 
 def _label_classes(canonical: list[str]) -> list[str]:
@@ -104,7 +131,7 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
         raise ManifestError(f"data.root: {root} is not a folder")
     raw = path.read_bytes()  # read once: the version hash is of exactly the bytes parsed below
     try:
-        rows = _read_rows(path, raw.decode("utf-8"))
+        rows = _read_rows(path, raw.decode("utf-8-sig"))  # -sig: Excel's "CSV UTF-8" starts with a BOM
     except UnicodeDecodeError as e:
         raise ManifestError(f"{path}: not UTF-8 text (byte {e.start}); save the manifest as UTF-8") from None
     if not rows:
@@ -119,7 +146,7 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
             where = "the header" if path.suffix.lower() in (".csv", ".tsv") else f"lines {_examples([str(m) for m in missing])}"
             raise ManifestError(f"{path}: column '{col}' is missing from {where} (configured by data.*_column(s))")
 
-    empty = [str(r["_line"]) for r in rows if r[cfg.label_column] in (None, "")]
+    empty = [str(r["_line"]) for r in rows if r[cfg.label_column] is None or not _label_text(r[cfg.label_column])]
     if empty:
         raise ManifestError(f"{path}: {len(empty)} rows have an empty label '{cfg.label_column}' (lines {_examples(empty)})")
     bad_split = [f"line {r['_line']}: {r[cfg.split_column]!r}" for r in rows if r[cfg.split_column] not in SPLITS]
@@ -144,11 +171,34 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
     if missing_files:
         raise ManifestError(f"{path}: {len(missing_files)} image files do not exist under {root}: {_examples(missing_files)}")
 
-    raw_labels = _canonical_labels([str(r[cfg.label_column]) for r in rows])
+    raw_labels = _canonical_labels([_label_text(r[cfg.label_column]) for r in rows])
     classes = _label_classes(raw_labels)
     lookup = {c: i for i, c in enumerate(classes)}
     labels = np.array([lookup[v] for v in raw_labels], dtype=np.int64)
+    _warn_duplicate_images(path, rows, cfg.image_column, splits, raw_labels)
     return Manifest(path, root, rows, classes, labels, splits, hashlib.sha256(raw).hexdigest())
+
+
+def _warn_duplicate_images(path: Path, rows: list[dict], column: str, splits: np.ndarray, labels: list[str]) -> None:
+    """One photo in two splits leaks evaluation data into training; one photo under two labels is a labelling
+    conflict. Both are legitimate sometimes (augmented copies, multi-label exports), so they are reported, not refused."""
+    seen: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        seen.setdefault(os.path.normpath(str(r[column])), []).append(i)
+    leaks, conflicts = [], []
+    for image, idx in seen.items():
+        if len(idx) < 2:
+            continue
+        lines = ", ".join(str(rows[i]["_line"]) for i in idx[:4])
+        if len({splits[i] for i in idx}) > 1:
+            leaks.append(f"{image} (lines {lines})")
+        if len({labels[i] for i in idx}) > 1:
+            conflicts.append(f"{image} (lines {lines})")
+    if leaks:
+        log.warning("%s: %d images appear in more than one split (evaluation leaks into training): %s",
+                    path, len(leaks), _examples(leaks))
+    if conflicts:
+        log.warning("%s: %d images appear with different labels: %s", path, len(conflicts), _examples(conflicts))
 
 
 def select_split(manifest: Manifest, split: str, max_samples: Optional[int], seed: int) -> np.ndarray:

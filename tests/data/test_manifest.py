@@ -109,3 +109,49 @@ def test_version_is_the_sha256_of_the_manifest_bytes_and_non_utf8_is_named(tmp_p
     manifest.write_bytes(manifest.read_bytes() + "img/0.jpg,caf\xe9,a,train\n".encode("latin-1"))
     with pytest.raises(ManifestError, match=rf"{manifest}: not UTF-8"):
         load_manifest(_cfg(manifest, text_column=None))
+
+
+def test_rows_with_more_or_fewer_fields_than_the_header_are_named(tmp_path):
+    rows = _rows()
+    path = _write(tmp_path, rows)
+    path.write_text(path.read_text() + "img/0.jpg,a black cat, sitting,a,train\n")  # unquoted comma in the text
+    with pytest.raises(ManifestError, match=r"1 rows have more fields than the header .*lines 8"):
+        load_manifest(_cfg(path))
+    path = _write(tmp_path, rows)
+    path.write_text(path.read_text() + "img/0.jpg,a\n")
+    with pytest.raises(ManifestError, match=r"1 rows have fewer fields than the header \(lines 8\)"):
+        load_manifest(_cfg(path))
+
+
+def test_excel_bom_and_label_spellings(tmp_path):
+    labels = ["cat ", "dog", "cat", " dog", "cat", "dog"]
+    path = _write(tmp_path, _rows(label=lambda i: labels[i]))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's "CSV UTF-8"
+    m = load_manifest(_cfg(path))
+    assert m.classes == ["cat", "dog"] and m.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    blank = _write(tmp_path, _rows(label=lambda i: "  " if i == 2 else "a"))
+    with pytest.raises(ManifestError, match="1 rows have an empty label"):
+        load_manifest(_cfg(blank))
+
+
+def test_jsonl_number_labels(tmp_path):
+    import json
+
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i, label in enumerate([2.0, 10, 1.0, 2, 10.0, 1]):
+        (tmp_path / f"img/{i}.jpg").write_bytes(b"x")
+        lines.append(json.dumps({"image": f"img/{i}.jpg", "text": "t", "label": label, "split": "train" if i < 4 else "val"}))
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines))
+    m = load_manifest(_cfg(path))
+    assert m.classes == ["1", "2", "10"] and m.labels.tolist() == [1, 2, 0, 1, 2, 0]
+
+
+def test_one_image_in_two_splits_or_under_two_labels_is_reported(tmp_path, caplog):
+    rows = _rows()
+    rows[5][0] = rows[0][0]  # a val row reuses a train image, under another label
+    with caplog.at_level("WARNING"):
+        load_manifest(_cfg(_write(tmp_path, rows)))
+    assert "1 images appear in more than one split" in caplog.text and "img/0.jpg (lines 2, 7)" in caplog.text
+    assert "1 images appear with different labels" in caplog.text
