@@ -175,7 +175,7 @@ def bench_cache_augment(cfg, ctx, args) -> float:
     aug = Augmenter(cfg.augment, out_size=cfg.data.image_size, seed=cfg.run.seed, dtype=torch.float32)
     loader = _synth_loader(cfg, ctx, args)
     # warmup=1: the clock starts once the second batch is augmented, as it always has for this figure
-    return _time_batches(loader, args.batches, warmup=1, work=lambda b: aug.train(b.images, b.index, loader.epoch))
+    return _time_batches(loader, args.batches, warmup=1, work=lambda b: aug.train(b.images, b.aug_key, loader.epoch))
 
 
 def _dali_installed() -> bool:

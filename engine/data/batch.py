@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Optional
 
 import torch
 
@@ -23,6 +24,13 @@ class Batch:
     categorical: torch.Tensor  # int64 [B, n_categorical], 0 = unknown value
     labels: torch.Tensor  # int64 [B] class indices
     index: torch.Tensor  # int64 [B] manifest row of each sample (global sample id)
+    # int64 [B] key of each sample's augmentation draw: ``index``, or index + k * 2**40 for the k-th repeat of a
+    # sample in an epoch drawn with replacement (loader.balanced_sampling), so repeats are augmented differently
+    aug_key: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.aug_key is None:
+            self.aug_key = self.index
 
     @property
     def size(self) -> int:
@@ -42,4 +50,4 @@ class Batch:
     @staticmethod
     def collate(samples: list[dict]) -> "Batch":
         """Stack per-sample dicts (keys = field names) into a Batch."""
-        return Batch(**{f.name: torch.stack([torch.as_tensor(s[f.name]) for s in samples]) for f in fields(Batch)})
+        return Batch(**{name: torch.stack([torch.as_tensor(s[name]) for s in samples]) for name in samples[0]})

@@ -1,12 +1,14 @@
 """What every loader backend shares: sharded, seeded order and a resumable position."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator, Optional
 
 import numpy as np
+import torch
 
 from engine.data.batch import Batch
-from engine.data.sampling import epoch_order, eval_per_rank, shard_eval, shard_train, train_batches_per_rank
+from engine.data.sampling import epoch_order, eval_per_rank, repeat_counts, shard_eval, shard_train, train_batches_per_rank
 
 
 class ShardedLoader:
@@ -31,10 +33,18 @@ class ShardedLoader:
 
     def positions(self) -> np.ndarray:
         """This rank's sample positions for the current epoch, in order."""
+        return self._draws()[0]
+
+    def _draws(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's positions for the current epoch and, for each, how often the global order drew it before
+        (non-zero only for training drawn with replacement): what tells a repeat's augmentation from the first."""
         if self.train:
             order = epoch_order(self.n, self.seed, self.epoch, self.sample_weights)
-            return shard_train(order, self.rank, self.world, self.batch_size)
-        return shard_eval(self.n, self.rank, self.world)
+            repeats = repeat_counts(order) if self.sample_weights is not None else np.zeros(len(order), np.int64)
+            return (shard_train(order, self.rank, self.world, self.batch_size),
+                    shard_train(repeats, self.rank, self.world, self.batch_size))
+        positions = shard_eval(self.n, self.rank, self.world)
+        return positions, np.zeros(len(positions), np.int64)
 
     def __len__(self) -> int:
         # from the sizes alone: positions() would draw the whole epoch's permutation just to count it
@@ -47,9 +57,12 @@ class ShardedLoader:
             self.epoch, self.batches_done = epoch, 0
 
     def __iter__(self) -> Iterator[Batch]:
-        start = self.batches_done
-        positions = self.positions()[start * self.batch_size :]
-        for batch in self._iter_positions(positions):
+        bs, start = self.batch_size, self.batches_done
+        positions, repeats = (a[start * bs :] for a in self._draws())
+        for k, batch in enumerate(self._iter_positions(positions, repeats)):
+            if repeats.any():
+                keys = batch.index + (torch.from_numpy(repeats[k * bs : k * bs + batch.size]) << 40)
+                batch = replace(batch, aug_key=keys)
             self.batches_done += 1
             yield batch
         if self.train:  # a finished epoch leaves the loader ready for the next one
@@ -57,7 +70,9 @@ class ShardedLoader:
         else:
             self.batches_done = 0
 
-    def _iter_positions(self, positions: np.ndarray) -> Iterator[Batch]:
+    def _iter_positions(self, positions: np.ndarray, repeats: np.ndarray) -> Iterator[Batch]:
+        """Batches of ``positions`` in order (whole batches in training); ``repeats`` (see ``_draws``) is for
+        backends that augment on the host, per sample."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:

@@ -54,10 +54,13 @@ class PilDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, position: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """``item``: a position, or (position, repeat) for the repeat-th redraw of it in an epoch."""
+        position, repeat = item if isinstance(item, tuple) else (item, 0)
         img = decode_rgb(self.data.paths[position])
-        if self.train:  # seeded per (seed, epoch, row): same augmentation whatever the worker or world size
-            key = zlib.crc32(np.array([self.seed, self.epoch, self.data.rows[position]], dtype=np.int64).tobytes())
+        if self.train:  # seeded per (seed, epoch, row[, repeat]): same augmentation whatever the worker or world size
+            key_parts = [self.seed, self.epoch, self.data.rows[position]] + ([repeat] if repeat else [])
+            key = zlib.crc32(np.array(key_parts, dtype=np.int64).tobytes())
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(key)
                 x = self.transform(img)
@@ -78,9 +81,10 @@ class PilLoader(ShardedLoader):
         self.dataset = PilDataset(data, aug, size, train, seed)
         self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
 
-    def _iter_positions(self, positions: np.ndarray):
+    def _iter_positions(self, positions: np.ndarray, repeats: np.ndarray):
         self.dataset.epoch = self.epoch
-        batches = [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
+        items = list(zip(positions.tolist(), repeats.tolist())) if repeats.any() else positions
+        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches,

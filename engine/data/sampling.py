@@ -45,6 +45,17 @@ def epoch_order(n: int, seed: int, epoch: int, weights: Optional[np.ndarray] = N
     return rng.choice(n, size=n, replace=True, p=weights)
 
 
+def repeat_counts(order: np.ndarray) -> np.ndarray:
+    """For each entry of ``order``, how many times its value appeared before it (0 for a first appearance)."""
+    idx = np.argsort(order, kind="stable")
+    ordered = order[idx]
+    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+    first_of_group = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    counts = np.empty(len(order), dtype=np.int64)
+    counts[idx] = np.arange(len(order)) - first_of_group
+    return counts
+
+
 def train_batches_per_rank(n: int, batch_size: int, world: int) -> int:
     return n // (batch_size * world)
 

@@ -43,7 +43,7 @@ class DevicePipe:
         batch = batch.to(self.device)
         images, targets = batch.images, batch.labels
         if batch.needs_augment:
-            images = self.augmenter.train(images, batch.index, epoch) if train else self.augmenter.eval(images)
+            images = self.augmenter.train(images, batch.aug_key, epoch) if train else self.augmenter.eval(images)
         if train and (self.cfg.augment.mixup_alpha or self.cfg.augment.cutmix_alpha):  # every backend's batches
             from kernels.mix import mix
 

@@ -118,3 +118,33 @@ def test_released_pages_give_identical_batches(built, monkeypatch):
     finally:
         cfg.loader.release_pages = False
     assert len(plain) == len(released) and all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(plain, released))
+
+
+@pytest.mark.parametrize("backend", ["cache", "pil"])
+def test_repeated_draws_are_augmented_differently(tmp_path, backend):
+    """Balanced sampling draws with replacement: a sample's repeats in an epoch get their own augmentation."""
+    import torch
+
+    from kernels import Augmenter
+
+    manifest = write_dataset(tmp_path / "data", n_train=40)
+    cfg = make_cfg(manifest, tmp_path / "cache", f"--loader.backend={backend}", "--loader.balanced_sampling=inverse",
+                   "--loader.num_workers=0", "--data.image_size=16", "--cache.stored_size=24", "--loader.batch_size=8")
+    ctx = make_ctx(cfg)
+    if backend == "cache":
+        from engine.data.cache import build_cache
+
+        build_cache(cfg, ctx, "train", progress=False)
+    loader = create_loader(cfg, ctx, "train", True)
+    aug = Augmenter(cfg.augment, 16, seed=cfg.run.seed, impl="reference")
+    first, repeats = {}, 0
+    for batch in loader:
+        images = aug.train(batch.images, batch.aug_key, loader.epoch) if batch.needs_augment else batch.images
+        for row, key, img in zip(batch.index.tolist(), batch.aug_key.tolist(), images):
+            if row in first:
+                repeats += 1
+                assert key != row and not torch.equal(first[row], img), f"row {row} drawn again, augmented alike"
+            else:
+                assert key == row  # a first draw keeps the plain key: unweighted runs are unchanged
+                first[row] = img
+    assert repeats > 0

@@ -78,7 +78,7 @@ class CacheLoader(ShardedLoader):
 
     # --- the epoch ---------------------------------------------------------------------
 
-    def _iter_positions(self, positions: np.ndarray) -> Iterator[Batch]:
+    def _iter_positions(self, positions: np.ndarray, repeats: np.ndarray) -> Iterator[Batch]:
         bs, r = self.batch_size, self.reader
         batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
         depth = self.num_workers + self.prefetch  # batches being gathered or ready

@@ -108,7 +108,7 @@ class DaliLoader(_DaliBase):
                         ", ".join(f"row {r['row']}: {r['path']}" for r in rejects[:5]), where)
         return np.setdiff1d(np.arange(len(self.data)), np.fromiter(bad, np.int64, len(bad)))
 
-    def _iter_positions(self, positions: np.ndarray) -> Iterator[Batch]:
+    def _iter_positions(self, positions: np.ndarray, repeats: np.ndarray) -> Iterator[Batch]:
         if not len(positions):
             return
         bs = self.batch_size
@@ -176,7 +176,7 @@ class DaliCacheLoader(_DaliBase):
             keep.append((images, pos))
             yield images, pos
 
-    def _iter_positions(self, positions: np.ndarray) -> Iterator[Batch]:
+    def _iter_positions(self, positions: np.ndarray, repeats: np.ndarray) -> Iterator[Batch]:
         if not len(positions):
             return
         bs, r = self.batch_size, self.reader
