@@ -66,6 +66,10 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
     pipe = DevicePipe.for_device(cfg, dist.device, precision)
     weights = loss_class_weights(ctx.split("train").labels, len(ctx.classes), cfg.train.class_weights)
+    if cfg.train.class_weights != "none" and cfg.loader.balanced_sampling != "none":
+        log.warning("train.class_weights=%s and loader.balanced_sampling=%s both correct for class imbalance: "
+                    "together they over-correct; usually one of them is meant", cfg.train.class_weights,
+                    cfg.loader.balanced_sampling)
     state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0))
     engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
     if resume:
@@ -85,6 +89,8 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
 
     try:
         for epoch in range(state.epoch, cfg.train.epochs):
+            if cfg.train.early_stopping_patience and state.bad_epochs >= cfg.train.early_stopping_patience:
+                break  # checked first, so a run resumed after it stopped early does not train on
             if stage_of(cfg, epoch) != state.stage:  # frozen -> finetune: re-wrap so the encoders really train
                 release(engine)
                 state.stage = stage_of(cfg, epoch)
@@ -102,8 +108,6 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
             if improved:  # before 'last': a kill between the two must not leave 'last' naming a 'best' never written
                 save_checkpoint(engine, run.checkpoints, "best", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
             save_last()
-            if cfg.train.early_stopping_patience and state.bad_epochs >= cfg.train.early_stopping_patience:
-                break
             if stop_after_epoch is not None and state.epoch >= stop_after_epoch:
                 raise Preempted(f"stopped after epoch {state.epoch}")
     except Preempted as e:

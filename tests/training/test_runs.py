@@ -139,3 +139,12 @@ def test_resume_mid_epoch_exact_with_more_state(tiny_overrides, tmp_path, extra)
     different = [k for k in reference if not torch.equal(reference[k], resumed[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     assert [r["val_loss"] for r in records(killed.run_dir)] == [r["val_loss"] for r in records(full.run_dir)]
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further(tiny_overrides, tmp_path):
+    cfg = make_cfg(tiny_overrides, tmp_path, "stopped", "--train.epochs=5", "--train.early_stopping_patience=1",
+                   "--optim.lr=1e-12", "--eval.metric=val_top1")  # top-1 cannot improve after epoch 1
+    loop.train(cfg)
+    assert [r["epoch"] for r in records(cfg.run_dir)] == [1, 2]
+    loop.train(cfg, resume=True)
+    assert [r["epoch"] for r in records(cfg.run_dir)] == [1, 2]
