@@ -236,7 +236,7 @@ def _build_engine(model, cfg: Config, dist: DistInfo, precision: str, steps_per_
 
 def _refuse_non_finite_weights(module: torch.nn.Module, state: TrainState) -> None:
     """Raise NonFiniteLoss rather than overwrite the last good checkpoint with non-finite weights."""
-    if all(torch.isfinite(p).all() for p in module.parameters()):  # one sync per save; saves are rare
+    if torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all():  # one device sync per save
         return
     raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (the loss was finite: non-finite gradients); "
                         "not saved, last good checkpoint kept")
