@@ -26,6 +26,18 @@ def load_run_config(run: Path, overrides: list[str]):
     return load_config(run / "config.yaml", overrides)
 
 
+_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def without_batch_arithmetic(cfg):
+    """The run's config minus DeepSpeed batch sizes pinned in ``deepspeed.extra``: they tie the config to the
+    training world size, and evaluation runs on any number of ranks without training a step."""
+    import dataclasses
+
+    extra = {k: v for k, v in cfg.deepspeed.extra.items() if k not in _BATCH_KEYS}
+    return dataclasses.replace(cfg, deepspeed=dataclasses.replace(cfg.deepspeed, extra=extra))
+
+
 def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overrides: list[str] | None = None) -> dict:
     from engine import hardware
     from engine.data.dataset import DataContext
@@ -37,7 +49,7 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     from engine.training.step import DevicePipe
     from engine.training.wrap import wrap_model
 
-    cfg = load_run_config(run, overrides or [])
+    cfg = without_batch_arithmetic(load_run_config(run, overrides or []))
     dist = init_distributed()
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length, required_splits=("train", split))
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)

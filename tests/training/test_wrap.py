@@ -71,3 +71,15 @@ def test_zero_stages_wrap_and_step(stage):
     engine.backward(loss)
     engine.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, engine.module.parameters()))
+
+
+def test_evaluation_drops_batch_sizes_pinned_for_the_training_world():
+    """A run trained on 2 ranks with deepspeed.extra.train_batch_size evaluates on 1 or 3 ranks."""
+    from tools.evaluate import without_batch_arithmetic
+
+    cfg = cfg_with(deepspeed={"extra": {"train_batch_size": 64, "gradient_clipping": 0.5}}, loader={"batch_size": 32})
+    deepspeed_config(cfg, "fp32", 2)
+    with pytest.raises(ValueError, match="train_batch_size=64"):
+        deepspeed_config(cfg, "fp32", 3)
+    ds = deepspeed_config(without_batch_arithmetic(cfg), "fp32", 3)
+    assert ds["train_batch_size"] == 96 and ds["gradient_clipping"] == 0.5
