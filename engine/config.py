@@ -188,13 +188,42 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 def _merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, mappings merged key by key (``--deepspeed.extra.x=1`` keeps the other extra keys)."""
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "extra":
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
     return out
+
+
+def _read_recipe(path: Path) -> dict:
+    """One recipe file as a mapping; bad YAML, a non-mapping or an unknown key fails naming this file."""
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    try:
+        _check_keys(Config, {k: v for k, v in tree.items() if k not in ("inherit", "provenance")}, "")
+    except ConfigError as e:
+        raise ConfigError(f"{e} [in {path}]") from None
+    return tree
+
+
+def _check_keys(cls: type, values: Any, prefix: str) -> None:
+    """Unknown keys of one file, before merging (values are checked on the merged tree)."""
+    if not isinstance(values, dict):
+        return
+    hints, names = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{full}' (known keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(names))})")
+        if dataclasses.is_dataclass(hints[key]):
+            _check_keys(hints[key], value, full)
 
 
 def _inherit(tree: dict, path: Path, seen: tuple) -> dict:
@@ -207,8 +236,7 @@ def _inherit(tree: dict, path: Path, seen: tuple) -> dict:
         raise ConfigError(f"{path}: 'inherit' forms a cycle through {base_path}")
     if not base_path.is_file():
         raise ConfigError(f"{path}: inherit: {base} does not exist (looked for {base_path})")
-    base_tree = yaml.safe_load(base_path.read_text()) or {}
-    return _merge(_inherit(base_tree, base_path, seen + (base_path,)), tree)
+    return _merge(_inherit(_read_recipe(base_path), base_path, seen + (base_path,)), tree)
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str] | dict] = None) -> Config:
@@ -223,12 +251,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = _read_recipe(path)
+        if "inherit" in tree:
+            source += f" (inherits {tree['inherit']})"
         tree = _inherit(tree, path, seen=(path.resolve(),))
         tree.pop("provenance", None)
     if overrides:

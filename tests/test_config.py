@@ -108,3 +108,27 @@ def test_a_runs_resolved_config_loads_as_a_recipe(tmp_path):
     save_config(cfg, tmp_path / "config.yaml", provenance={"git_commit": "abc", "seed": 0})
     again = load_config(tmp_path / "config.yaml", ["--train.epochs=5"])
     assert again.run.name == "x" and again.train.epochs == 5
+
+
+def test_errors_in_an_inherited_recipe_name_that_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 3}\ntraim: {x: 1}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("inherit: base.yaml\nrun: {name: c}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'traim'.*\[in .*base\.yaml\]"):
+        load_config(child)
+    (tmp_path / "base.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: not valid YAML"):
+        load_config(child)
+    (tmp_path / "base.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: top level must be a mapping"):
+        load_config(child)
+    (tmp_path / "base.yaml").write_text("train: {epochs: many}\n")  # a value error: the chain is named
+    with pytest.raises(ConfigError, match=r"train\.epochs.*\[in .*child\.yaml \(inherits base\.yaml\)"):
+        load_config(child)
+
+
+def test_dotted_override_inside_deepspeed_extra_keeps_the_other_keys(tmp_path):
+    p = write(tmp_path, "deepspeed: {extra: {gradient_clipping: 0.5, zero_optimization: {offload_optimizer: {device: cpu}}}}\n")
+    cfg = load_config(p, ["--deepspeed.extra.steps_per_print=5", "--deepspeed.extra.zero_optimization.stage=2"])
+    assert cfg.deepspeed.extra == {"gradient_clipping": 0.5, "steps_per_print": 5,
+                                   "zero_optimization": {"offload_optimizer": {"device": "cpu"}, "stage": 2}}
