@@ -5,6 +5,10 @@
 Builds ``cache.splits`` into ``cache.dir`` (see engine/data/cache/). A killed
 build resumes where it stopped when run again. ``--verify`` checks every record
 of the existing caches against its checksum instead of building.
+
+Exit status: 0 done (or every record verified); 1 --verify found records that do
+not match their checksums; 2 a cache could not be built, found or read (bad
+images in error mode, a missing, stale or damaged cache) or the config is wrong.
 """
 from __future__ import annotations
 

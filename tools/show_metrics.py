@@ -5,13 +5,20 @@ import argparse
 import json
 from pathlib import Path
 
-COLUMNS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro", "images_per_s")
+import re
+
+
+def columns(records: list[dict]) -> tuple[str, ...]:
+    """The table's columns; the top-k column is whichever ``val_top{eval.topk}`` the run logged."""
+    topk = sorted({k for r in records for k in r if re.fullmatch(r"val_top\d+", k) and k != "val_top1"})
+    return ("epoch", "train_loss", "val_loss", "val_top1", *topk, "val_auc_macro", "val_f1_macro", "images_per_s")
 
 
 def format_table(records: list[dict]) -> str:
-    lines = ["  ".join(f"{c:>13}" for c in COLUMNS)]
+    cols = columns(records)
+    lines = ["  ".join(f"{c:>13}" for c in cols)]
     for r in records:
-        lines.append("  ".join(f"{r.get(c, float('nan')):>13.4f}" if c != "epoch" else f"{r['epoch']:>13d}" for c in COLUMNS))
+        lines.append("  ".join(f"{r.get(c, float('nan')):>13.4f}" if c != "epoch" else f"{r['epoch']:>13d}" for c in cols))
     return "\n".join(lines)
 
 

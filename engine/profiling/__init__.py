@@ -57,7 +57,7 @@ def profile(cfg, stages: Optional[list[str]] = None, steps: int = 10, repeats: i
     import torch
 
     from engine import hardware
-    from engine.profiling.model_step import OPTIMIZER_NOTE
+    from engine.profiling.model_step import OPTIMIZER_NOTE, compiled
 
     s = Session(cfg, steps, repeats, warmup)
     outcomes = run_stages(s, stages, log)
@@ -67,7 +67,7 @@ def profile(cfg, stages: Optional[list[str]] = None, steps: int = 10, repeats: i
         "torch_threads": torch.get_num_threads(),
         "optimizer": OPTIMIZER_NOTE,
         "device_kind": s.info.kind, "family": s.info.family, "triton_supported": hardware.triton_supported(s.info),
-        "augment_impl": s.augment_impl, "channels_last": s.channels_last, "compile": cfg.train.compile,
+        "augment_impl": s.augment_impl, "channels_last": s.channels_last, "compile": compiled(cfg, s.device),
         "num_workers": cfg.loader.num_workers, "prefetch": cfg.loader.prefetch, "pin_memory": cfg.loader.pin_memory,
         "image_size": cfg.data.image_size, "stored_size": cfg.cache.stored_size,
         "text_max_length": cfg.model.text_max_length, "backbone": cfg.model.backbone, "text_encoder": cfg.model.text_encoder,

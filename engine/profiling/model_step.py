@@ -23,6 +23,13 @@ class ModelStep:
     num_classes: int
 
 
+def compiled(cfg, device: torch.device) -> bool:
+    """Whether training compiles the model here (train.compile, where the card supports it)."""
+    from engine.hardware import compile_supported, device_info
+
+    return bool(cfg.train.compile) and compile_supported(device_info(device))
+
+
 def model_step_fn(cfg, ctx, device: torch.device, precision: str, channels_last: bool) -> ModelStep:
     """Model + AdamW + loss as a step callable, and the DevicePipe the training loop uses."""
     from engine.hardware import device_info, fused_adam_available, torch_dtype
@@ -34,6 +41,8 @@ def model_step_fn(cfg, ctx, device: torch.device, precision: str, channels_last:
     if channels_last and getattr(model, "image", None) is not None:
         model.image.to(memory_format=torch.channels_last)
     model.train()
+    if compiled(cfg, device):  # as wrap_model does for training, so the ceiling is the model that will train
+        model.compile()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
                                   fused=fused_adam_available(device_info(device)) or None)
     dtype = torch_dtype(precision)

@@ -186,7 +186,8 @@ def verdict(p: Profile) -> str:
     bound = p.bound()
     for backend, e in p.end_to_end.items():
         bracket = f" (bracketed {e['ratio_bracketed']:.2f})" if "ratio_bracketed" in e else ""
-        lines.append(f"  {backend:<11} end to end {e['images_per_s']:>9,.1f} images/s  ratio {e['ratio']:.2f}{bracket}"
+        ratio = f"{e['ratio']:.2f}" if e.get("ratio") is not None else "n/a (no model stage)"
+        lines.append(f"  {backend:<11} end to end {e['images_per_s']:>9,.1f} images/s  ratio {ratio}{bracket}"
                      f"  bound: {bound.get(backend)}")
     lines += [f"  - {a}" for a in p.advice()]
     return "\n".join(lines)

@@ -18,7 +18,6 @@ is the slowest of its feeding stages and the model.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -80,7 +79,7 @@ class Session:
         self.dtype = hardware.torch_dtype(self.precision)
         self.channels_last = hardware.use_channels_last(self.info, cfg.train.channels_last)
         self.batch_size = cfg.loader.batch_size
-        self.workers = cfg.loader.num_workers or os.cpu_count() or 1
+        self.workers = max(1, cfg.loader.num_workers)  # 0 means decoding in the training process: one worker
         self.ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length)
 
     @cached_property

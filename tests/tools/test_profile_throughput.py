@@ -135,3 +135,12 @@ def test_dali_decode_is_measured_when_dali_backends_are_registered(run, monkeypa
     got = {r.name: r for r in _dali_decode(s, paths, nbytes=8 * 1000)}
     assert isinstance(got["dali cpu"], StageResult) and got["dali cpu"].images_per_s > 0
     assert got["dali cpu"].feeds == (("dali",) if s.device.type == "cpu" else ())
+
+
+def test_verdict_without_the_model_stage_reports_instead_of_crashing():
+    from engine.profiling.report import verdict
+
+    p = _profile(decode_rate=30, e2e={"pil": 25})
+    p.results = [r for r in p.results if r.stage != "model"]
+    text = verdict(p)
+    assert "ratio n/a (no model stage)" in text

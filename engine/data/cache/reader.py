@@ -152,8 +152,11 @@ def verify_cache(folder: Path) -> VerifyReport:
     """Check every record of a finished cache against ``checksums.npy``."""
     from engine.data.cache.writer import bad_records
 
-    reader = CacheReader(folder)
-    sums = np.load(Path(folder) / fmt.CHECKSUMS)
+    try:
+        reader = CacheReader(folder)
+        sums = np.load(Path(folder) / fmt.CHECKSUMS)
+    except (OSError, ValueError, KeyError) as e:  # files missing, truncated or unreadable
+        raise fmt.CacheError(f"{folder} is damaged or incomplete ({type(e).__name__}: {e}); delete it and rebuild") from None
     bad = bad_records(reader.images, sums, reader.record_bytes, desc=f"verify {Path(folder).name}")
     rows = reader.fields["rows"]
     return VerifyReport(Path(folder), reader.count, [{"record": i, "row": int(rows[i])} for i in bad])
