@@ -25,14 +25,15 @@ class TabularMLP(nn.Module):
         self.num_numeric = num_numeric
         self.embeddings = nn.ModuleList(nn.Embedding(card, embedding_dim(card)) for card in cardinalities)
         in_dim = num_numeric + sum(e.embedding_dim for e in self.embeddings)
-        # LayerNorm on the input: numeric columns arrive standardised, embeddings do not; this evens them out.
+        # No normalisation across the input: numeric columns arrive standardised and embeddings start N(0, 1), and a
+        # LayerNorm over different columns would erase each row's level and scale (one numeric column: a constant).
         self.mlp = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU()
+            nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU()
         )
         self.dim = hidden
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        dtype = self.mlp[1].weight.dtype
+        dtype = self.mlp[0].weight.dtype
         parts = [emb(categorical[:, i]).to(dtype) for i, emb in enumerate(self.embeddings)]
         if self.num_numeric:
             parts.insert(0, numeric.to(dtype))

@@ -195,3 +195,19 @@ def test_sigmoid_gates_mask_and_train(tiny_bert):
     with torch.no_grad():
         out = model.eval()(*inputs())
     assert out.modality_weights[:, 1].eq(0).all() and out.modality_weights.gt(0).sum() > 0
+
+
+@pytest.mark.parametrize("num_numeric,cards", [(1, []), (2, []), (3, [4])])
+def test_tabular_branch_keeps_each_rows_level_and_scale(num_numeric, cards):
+    """A row and its shifted or scaled copy are different patients: the branch must tell them apart
+    (a LayerNorm across the input columns made one numeric column a constant)."""
+    from engine.models.tabular import TabularMLP
+
+    torch.manual_seed(0)
+    branch = TabularMLP(num_numeric, cards).eval()
+    x = torch.randn(6, num_numeric)
+    cat = torch.zeros(6, len(cards), dtype=torch.long)
+    out = branch(x, cat)
+    for other in (x * 3, x + 5):
+        assert not torch.allclose(out, branch(other, cat), atol=1e-4)
+    assert torch.unique(out[:, 0]).numel() == 6  # one output per distinct row, not a constant
