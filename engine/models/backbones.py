@@ -80,7 +80,32 @@ def create_backbone(
         load_checkpoint(model, pretrained_path)
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
+        keep_norm_statistics_on_recompute(model)
     return model, dim
+
+
+def keep_norm_statistics_on_recompute(model: nn.Module) -> None:
+    """Gradient checkpointing runs a block's forward again during backward; a BatchNorm in train mode would then
+    update its running statistics twice per step (momentum ~0.19 instead of 0.1, num_batches_tracked doubled).
+    Hooks put them back after a forward that runs inside backward (the recompute)."""
+    if not hasattr(torch._C, "_current_graph_task_id"):  # private API: without it, leave the statistics be
+        return
+
+    def stash(module, args):
+        if module.training and module.track_running_stats and torch._C._current_graph_task_id() != -1:
+            module._stats_before_recompute = [b.clone() for b in (module.running_mean, module.running_var,
+                                                                   module.num_batches_tracked)]
+
+    def restore(module, args, output):
+        saved = module.__dict__.pop("_stats_before_recompute", None)
+        if saved is not None:
+            for buf, old in zip((module.running_mean, module.running_var, module.num_batches_tracked), saved):
+                buf.copy_(old)
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_pre_hook(stash)
+            m.register_forward_hook(restore)
 
 
 def _build(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, int]:

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models.backbones import BACKBONES, PretrainedWeightsError, backbone_layer_ids, create_backbone
+from engine.models.backbones import (BACKBONES, PretrainedWeightsError, backbone_layer_ids, create_backbone,
+                                    keep_norm_statistics_on_recompute)
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -105,3 +106,23 @@ def test_grad_checkpointing_gives_same_gradients(name):
     expected, got = _grads(plain.train(), x), _grads(checkpointed.train(), x)
     for n in expected:
         torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet18"])  # ours (torchvision) and timm's checkpoint_seq
+def test_grad_checkpointing_leaves_batchnorm_statistics_as_without_it(name):
+    """The recompute in backward must not update running statistics a second time."""
+    torch.manual_seed(0)
+    plain, _ = create_backbone(name)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    keep_norm_statistics_on_recompute(checkpointed)
+    x = torch.randn(2, 3, 64, 64) * 3 + 1
+    for model in (plain, checkpointed):
+        model.train()
+        model(x).square().mean().backward()
+    norms = [(a, b) for a, b in zip(plain.modules(), checkpointed.modules()) if isinstance(a, torch.nn.BatchNorm2d)]
+    assert norms
+    for a, b in norms:
+        assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == 1
+        torch.testing.assert_close(b.running_var, a.running_var)
+        torch.testing.assert_close(b.running_mean, a.running_mean)
