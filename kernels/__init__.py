@@ -36,7 +36,7 @@ def apply_triton(images: torch.Tensor, params: AugmentParams, out_size: int, mea
 
 
 class Augmenter:
-    """Batched train/eval augmentation and mixup/cutmix for one run.
+    """Batched train/eval augmentation for one run (mixup/cutmix: ``kernels.mix``, on any backend's batches).
 
     Takes: ``images`` uint8 ``[B,H,W,3]`` (any strides) on the training device.
     Emits: ``[B,3,S,S]`` of ``dtype`` on the same device, NCHW-contiguous or
@@ -82,6 +82,3 @@ class Augmenter:
         return self._apply(images_u8_nhwc, params.to(images_u8_nhwc.device), self.out_size, self.cfg.mean, self.cfg.std,
                            dtype=self.dtype, channels_last=self.channels_last, jitter=(False,) * 4,
                            grayscale=False, erasing=False)
-
-    def mix(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, step_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return mix(images, labels, num_classes, self.cfg, step_seed)

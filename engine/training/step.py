@@ -63,9 +63,7 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: Config
     smoothing = cfg.train.label_smoothing
     if cfg.train.loss == "focal":
         logp = F.log_softmax(logits, dim=1)
-        soft = targets if targets.ndim == 2 else F.one_hot(targets, logits.shape[1]).float()
-        if smoothing:
-            soft = soft * (1 - smoothing) + smoothing / logits.shape[1]
+        soft = _smoothed(targets if targets.ndim == 2 else F.one_hot(targets, logits.shape[1]).float(), smoothing)
         # clamped: d/dp (1-p)^gamma is infinite at p = 1 for gamma < 1, which turned a finite loss into NaN gradients
         focal = (1 - logp.exp()).clamp_min(1e-12) ** cfg.train.focal_gamma
         per_class = -(soft * focal * logp)
@@ -75,10 +73,14 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: Config
     if targets.ndim == 2 and class_weights is not None:
         # PyTorch normalises weighted CE by the targets' total weight for class indices but takes a plain mean for
         # soft targets, so turning on mixup would rescale the loss by a data-dependent factor. Normalise both alike.
-        soft = targets * (1 - smoothing) + smoothing / logits.shape[1] if smoothing else targets
-        weighted = soft * class_weights
+        weighted = _smoothed(targets, smoothing) * class_weights
         return -(weighted * F.log_softmax(logits, dim=1)).sum() / weighted.sum()
     return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=smoothing)
+
+
+def _smoothed(soft: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Soft targets [B, C] with label smoothing, PyTorch's definition: (1 - e) * t + e / C."""
+    return soft * (1 - smoothing) + smoothing / soft.shape[1] if smoothing else soft
 
 
 def training_loss(model, out, targets: torch.Tensor, cfg: Config,

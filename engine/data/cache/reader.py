@@ -48,8 +48,7 @@ class CacheReader:
         return self.meta["key"]
 
     def rejects(self) -> list[dict]:
-        with open(self.folder / fmt.REJECTS, newline="") as f:
-            return list(csv.DictReader(f))
+        return read_rejects(self.folder)
 
     def batch_fields(self, records: np.ndarray) -> dict[str, np.ndarray]:
         """The non-image ``Batch`` fields of ``records``, named as in ``Batch`` (``rows`` is its ``index``)."""
@@ -88,20 +87,26 @@ def open_cache(cfg, ctx, split: str) -> CacheReader:
     if reader.key != key.to_dict():
         raise fmt.CacheError(f"{folder} was built for other settings ({_diff(reader.key, key.to_dict())}); "
                              f"delete it and rebuild with: {cmd}")
-    refuse_rejects_in_error_mode(reader, cfg.data.on_bad_image, cmd)
+    refuse_rejects_in_error_mode(folder, reader.meta, cfg.data.on_bad_image, cmd)
     return reader
 
 
-def refuse_rejects_in_error_mode(reader: CacheReader, on_bad_image: str, cmd: str, error=fmt.CacheError) -> None:
+def read_rejects(folder: Path) -> list[dict]:
+    """``rejects.csv`` of a finished cache: {record, row, path, reason} as strings."""
+    with open(Path(folder) / fmt.REJECTS, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def refuse_rejects_in_error_mode(folder: Path, meta: dict, on_bad_image: str, cmd: str, error=fmt.CacheError) -> None:
     """A cache built with data.on_bad_image=skip leaves its bad images out; under 'error' that must stop the run,
-    as a build in 'error' mode would have, naming the files and rows."""
-    if on_bad_image != "error" or not int(reader.meta.get("rejected", 0)):
+    as a build in 'error' mode would have, naming the files and rows (``meta``: the cache's metadata.json)."""
+    if on_bad_image != "error" or not int(meta.get("rejected", 0)):
         return
-    rejects = reader.rejects()
+    rejects = read_rejects(folder)
     head = "; ".join(f"manifest row {r['row']}: {r['path']}: {r['reason']}" for r in rejects[:5])
-    raise error(f"{reader.folder} leaves out {len(rejects)} undecodable image(s), listed in {reader.folder / fmt.REJECTS} "
+    raise error(f"{folder} leaves out {len(rejects)} undecodable image(s), listed in {Path(folder) / fmt.REJECTS} "
                 f"(it was built with data.on_bad_image=skip): {head}. With data.on_bad_image=error they stop the run: "
-                f"set --data.on_bad_image=skip to train without them, or fix the files, delete {reader.folder} and "
+                f"set --data.on_bad_image=skip to train without them, or fix the files, delete {folder} and "
                 f"rebuild with: {cmd}")
 
 

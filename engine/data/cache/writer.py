@@ -125,10 +125,9 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
     if (final / fmt.METADATA).is_file():
         meta = json.loads((final / fmt.METADATA).read_text())
         if meta.get("key") == key.to_dict():
-            from engine.data.cache.reader import CacheReader, refuse_rejects_in_error_mode
+            from engine.data.cache.reader import refuse_rejects_in_error_mode
 
-            refuse_rejects_in_error_mode(CacheReader(final), cfg.data.on_bad_image, fmt.build_command(cfg, split),
-                                         CacheBuildError)
+            refuse_rejects_in_error_mode(final, meta, cfg.data.on_bad_image, fmt.build_command(cfg, split), CacheBuildError)
             return BuildSummary(split, final, meta["count"], meta["good"], up_to_date=True)
         raise fmt.CacheError(f"{final} exists but was built for other settings; delete it and run: {fmt.build_command(cfg, split)}")
     t0 = time.perf_counter()
@@ -241,8 +240,9 @@ def _reuse_pixels(source: Path, partial: Path, final: Path, key: fmt.CacheKey, d
     sums = np.load(source / fmt.CHECKSUMS)
     if len(sums) != len(data):
         raise fmt.CacheError(f"{source}: {len(sums)} records, expected {len(data)}; delete it and rebuild")
-    with open(source / fmt.REJECTS, newline="") as f:
-        rejects = [{"record": int(r["record"]), "path": r["path"], "reason": r["reason"]} for r in csv.DictReader(f)]
+    from engine.data.cache.reader import read_rejects
+
+    rejects = [{"record": int(r["record"]), "path": r["path"], "reason": r["reason"]} for r in read_rejects(source)]
     if rejects and cfg.data.on_bad_image == "error":  # what a decode build would say about the same images
         raise CacheBuildError(_bad_report(rejects, data, cfg, key.split))
     shutil.rmtree(partial, ignore_errors=True)
