@@ -15,15 +15,29 @@ class OptimConfig:
     backbone_lr_scale: float = 1.0  # backbone lr = lr * scale
     text_lr_scale: float = 1.0  # text encoder lr = lr * scale
     layer_decay: Optional[float] = None  # layer-wise LR decay factor (e.g. 0.75); null = off
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_steps: int = 0  # optimizer updates of linear warmup
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    # cosine / linear: linear warmup (warmup_steps), then cosine or linear decay to min_lr_ratio * lr;
+    # onecycle: torch's OneCycleLR shape (cosine up from lr / div_factor over pct_start of the updates, then cosine
+    # down to lr / (div_factor * final_div_factor)); constant: warmup, then lr
+    schedule: Literal["cosine", "linear", "onecycle", "constant"] = "cosine"
+    warmup_steps: int = 0  # optimizer updates of linear warmup (cosine / linear / constant)
+    min_lr_ratio: float = 0.0  # cosine / linear floor as a fraction of lr
+    pct_start: float = 0.3  # onecycle: share of the updates spent rising to lr
+    div_factor: float = 25.0  # onecycle: initial lr = lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: final lr = initial lr / final_div_factor
 
     def __post_init__(self):
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"optim.pct_start must be in (0, 1), got {self.pct_start}")
+        for key in ("div_factor", "final_div_factor"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"optim.{key} must be >= 1, got {getattr(self, key)}")
+        if self.schedule == "onecycle" and self.warmup_steps:
+            raise ValueError(f"optim.warmup_steps={self.warmup_steps} with optim.schedule=onecycle: onecycle warms up "
+                             "over optim.pct_start of the updates; set warmup_steps to 0 (or use schedule: linear)")
 
 
 @dataclass

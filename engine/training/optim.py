@@ -77,7 +77,9 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig, base_lr: float, device:
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Multiplier of the peak lr at optimizer update ``step``: warmup, then cosine / onecycle / constant."""
+    """Multiplier of the peak lr at optimizer update ``step`` (0-based) of ``total_steps``."""
+    if cfg.schedule == "onecycle":
+        return _onecycle(cfg, total_steps)
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
 
     def f(step: int) -> float:
@@ -86,9 +88,27 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
         if cfg.schedule == "constant":
             return 1.0
         progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        if cfg.schedule == "onecycle":  # linear anneal to the floor after the warmup peak
+        if cfg.schedule == "linear":
             return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - progress)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _onecycle(cfg: OptimConfig, total_steps: int):
+    """torch.optim.lr_scheduler.OneCycleLR's two-phase cosine shape (three_phase=False) as a multiplier of lr."""
+    start, end = 1 / cfg.div_factor, 1 / (cfg.div_factor * cfg.final_div_factor)
+    peak_at = float(cfg.pct_start * total_steps) - 1  # OneCycleLR's phase boundary, in updates
+    last = total_steps - 1
+
+    def cos_anneal(a: float, b: float, pct: float) -> float:
+        return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
+
+    def f(step: int) -> float:
+        step = min(step, last)
+        if step <= peak_at:
+            return cos_anneal(start, 1.0, step / peak_at) if peak_at > 0 else 1.0
+        return cos_anneal(1.0, end, (step - peak_at) / max(last - peak_at, 1e-12))
 
     return f
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import load_config
+from engine.config import ConfigError, load_config
 from engine.training.optim import create_optimizer, create_scheduler, loss_class_weights, lr_lambda, param_groups
 
 
@@ -89,11 +89,34 @@ def test_warmup_then_cosine():
     assert all(f(s) >= f(s + 1) for s in range(4, 20))
 
 
-def test_onecycle_and_constant():
-    one = lr_lambda(load_config(None, {"optim": {"warmup_steps": 2, "schedule": "onecycle"}}).optim, 10)
+def test_linear_and_constant():
+    one = lr_lambda(load_config(None, {"optim": {"warmup_steps": 2, "schedule": "linear"}}).optim, 10)
     assert one(0) < one(1) < one(2) == pytest.approx(1.0) and one(10) == pytest.approx(0.0)
     const = lr_lambda(load_config(None, {"optim": {"schedule": "constant"}}).optim, 10)
     assert {const(s) for s in range(12)} == {1.0}
+
+
+@pytest.mark.parametrize("total,pct,div,final", [(100, 0.3, 25.0, 1e4), (7, 0.25, 10.0, 100.0), (4, 0.5, 25.0, 1e4)])
+def test_onecycle_is_torchs_onecyclelr(total, pct, div, final):
+    """optim.schedule=onecycle follows torch's OneCycleLR (cosine, two phases) update by update."""
+    cfg = load_config(None, {"optim": {"schedule": "onecycle", "lr": 0.1, "pct_start": pct, "div_factor": div,
+                                       "final_div_factor": final}}).optim
+    f = lr_lambda(cfg, total)
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=pct, div_factor=div,
+                                              final_div_factor=final, cycle_momentum=False)
+    got, want = [], []
+    for step in range(total):
+        want.append(opt.param_groups[0]["lr"])
+        got.append(0.1 * f(step))
+        opt.step()
+        ref.step() if step < total - 1 else None  # OneCycleLR refuses to step past total_steps
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-15)
+
+
+def test_onecycle_refuses_warmup_steps():
+    with pytest.raises(ConfigError, match="optim.warmup_steps.*onecycle"):
+        load_config(None, {"optim": {"schedule": "onecycle", "warmup_steps": 5}})
 
 
 def test_schedule_steps_per_optimizer_update_not_per_micro_batch():
@@ -102,7 +125,7 @@ def test_schedule_steps_per_optimizer_update_not_per_micro_batch():
     from engine.training.wrap import wrap_model
 
     dist = init_distributed()
-    cfg = load_config(None, {"train": {"grad_accum": 2}, "loader": {"batch_size": 2}, "optim": {"schedule": "onecycle", "warmup_steps": 0}})
+    cfg = load_config(None, {"train": {"grad_accum": 2}, "loader": {"batch_size": 2}, "optim": {"schedule": "linear", "warmup_steps": 0}})
     engine, _, sched = wrap_model(nn.Linear(3, 2), cfg, dist.device, "fp32", dist.world, total_steps=4, base_lr=1.0)
     lrs = []
     for _ in range(4):
