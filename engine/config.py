@@ -12,6 +12,7 @@ assembles them and implements the strict filling rules:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -22,13 +23,10 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from engine.data.config import CacheConfig, DataConfig, LoaderConfig
+from engine.errors import ConfigError  # noqa: F401  (defined with the rest of the user-error family; imported from here)
 from engine.models.config import ModelConfig
 from engine.training.config import DeepSpeedConfig, EvalConfig, OptimConfig, TrainConfig
 from kernels.config import AugmentConfig
-
-
-class ConfigError(ValueError):
-    """A configuration problem, always naming the key (and the file when there is one)."""
 
 
 @dataclass
@@ -37,6 +35,16 @@ class RunConfig:
     name: str = "run"  # run folder name under output_dir
     seed: int = 0  # seeds Python, numpy, torch, the data order and augmentation
     deterministic: bool = False  # torch deterministic algorithms (bitwise resume on CPU)
+    # a start without --resume where output_dir/name already holds a run: refuse, or rename it to <name>.prev-<time>
+    existing: Literal["refuse", "keep_aside"] = "refuse"
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("run.output_dir must not be empty")
+        if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name:
+            raise ValueError(f"run.name must be a folder name (no '/'), got {self.name!r}")
+        if self.seed < 0:
+            raise ValueError(f"run.seed must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -52,12 +60,28 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
+    def __post_init__(self):
+        for stage in self.train.stages:  # a typo in a stage's overrides fails at load, not when the stage starts
+            apply_stage_overrides(self, stage.overrides, f"train.stages[{stage.name}].overrides")
+
+    def __post_init__(self):
+        check_across_sections(self)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_across_sections(cfg: Config) -> None:
+    """Rules that tie two sections together (each section checks its own fields on construction)."""
+    from engine.training.metrics import expected_eval_metrics
+
+    metrics = expected_eval_metrics(cfg)
+    if cfg.eval.metric not in metrics:
+        raise ValueError(f"eval.metric={cfg.eval.metric!r} is not a metric this run logs; choose one of {metrics}")
 
 
 # --- type checking and coercion ---------------------------------------------------------
@@ -98,6 +122,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(tp):  # e.g. the items of train.stages
+        return _fill(tp, value, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -264,6 +290,38 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         return _fill(Config, tree, "")
     except ConfigError as e:
         raise ConfigError(f"{e} [in {source}]") from None
+
+
+# What a stage may change (train.stages[i].overrides): loss settings, never the architecture or the data.
+STAGE_OVERRIDABLE: dict[str, tuple[str, ...]] = {
+    "model": ("modality_dropout", "aux_loss_weight", "contrastive_weight", "contrastive_loss", "hard_negatives",
+              "hard_negative_beta", "hard_negative_tau_plus", "semihard_margin"),
+    "train": ("loss", "label_smoothing", "focal_gamma", "class_weights", "grad_clip"),
+}
+
+
+def apply_stage_overrides(cfg: Config, overrides: dict, where: str) -> Config:
+    """A copy of ``cfg`` with dotted ``overrides`` ({"model.hard_negatives": "weighted"}) applied and validated."""
+    by_section: dict[str, dict] = {}
+    for dotted, value in overrides.items():
+        section, _, key = str(dotted).partition(".")
+        allowed = STAGE_OVERRIDABLE.get(section, ())
+        if key not in allowed:
+            raise ConfigError(f"{where}: {dotted!r} cannot change per stage; a stage may set "
+                              f"{[f'{s}.{k}' for s, keys in STAGE_OVERRIDABLE.items() for k in keys]}")
+        by_section.setdefault(section, {})[key] = value
+    changed = {}
+    for section, values in by_section.items():
+        current = getattr(cfg, section)
+        known = {f.name for f in dataclasses.fields(current)}
+        missing = set(values) - known
+        if missing:  # listed as overridable but not a field of this build (an optional feature)
+            raise ConfigError(f"{where}: {section}.{sorted(missing)[0]} is not a key of this engine's {section} section")
+        changed[section] = _fill(type(current), {**dataclasses.asdict(current), **values}, f"{where}: {section}")
+    out = copy.copy(cfg)  # not dataclasses.replace: that would validate the stages again, recursively
+    for section, value in changed.items():
+        setattr(out, section, value)
+    return out
 
 
 def config_from_dict(tree: dict) -> Config:

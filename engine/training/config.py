@@ -30,6 +30,17 @@ class OptimConfig:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be in [0, 1), got {list(self.betas)}")
+        for key in ("momentum", "backbone_lr_scale", "text_lr_scale"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"optim.layer_decay must be in (0, 1] or null, got {self.layer_decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.pct_start < 1:
             raise ValueError(f"optim.pct_start must be in (0, 1), got {self.pct_start}")
         for key in ("div_factor", "final_div_factor"):
@@ -41,14 +52,41 @@ class OptimConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of ``train.stages``: its epochs, frozen parts, peak lr and loss settings."""
+
+    name: str = ""  # shown in logs and metrics.jsonl, recorded in checkpoints; unique within train.stages
+    epochs: int = 1
+    freeze: list[str] = field(default_factory=list)  # parts kept fixed: backbone, text, tabular, fusion, head
+    lr: Optional[float] = None  # peak lr of the stage's schedule (default optim.lr)
+    # loss settings for this stage only, as dotted keys: {"model.hard_negatives": "weighted", "train.label_smoothing": 0.1}
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from engine.training.stages import PARTS
+
+        if not self.name:
+            raise ValueError("train.stages: every stage needs a name")
+        if self.epochs <= 0:
+            raise ValueError(f"train.stages[{self.name}].epochs must be positive, got {self.epochs}")
+        for part in self.freeze:
+            if part not in PARTS:
+                raise ValueError(f"train.stages[{self.name}].freeze: unknown part {part!r} (parts: {list(PARTS)})")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"train.stages[{self.name}].lr must be positive, got {self.lr}")
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 1  # total epochs (frozen + finetune)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 sm_80+, fp16 sm_7x, fp32 Pascal/CPU
     grad_accum: int = 1  # micro batches per optimizer update
     grad_clip: float = 1.0  # global norm; 0 = off
-    frozen_epochs: int = 0  # first epochs with backbone and text encoder frozen
+    frozen_epochs: int = 0  # first epochs with backbone and text encoder frozen (ignored when train.stages is set)
     head_lr: Optional[float] = None  # lr during frozen epochs (default optim.lr)
     finetune_lr: Optional[float] = None  # lr after the frozen epochs (default optim.lr)
+    # stages in order (each: name, epochs, freeze, lr, overrides); empty = frozen_epochs at head_lr, then finetune_lr
+    stages: list[StageConfig] = field(default_factory=list)
     loss: Literal["ce", "focal"] = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
@@ -71,6 +109,30 @@ class TrainConfig:
             raise ValueError(f"train.checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         if not 0 <= self.frozen_epochs <= self.epochs:
             raise ValueError(f"train.frozen_epochs must be within [0, train.epochs], got {self.frozen_epochs}")
+        if self.grad_clip < 0:
+            raise ValueError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        for key in ("head_lr", "finetune_lr"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be positive or null, got {getattr(self, key)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"train.focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"train.early_stopping_patience must be >= 0 (0 = off), got {self.early_stopping_patience}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch <= 0:
+            raise ValueError(f"train.max_steps_per_epoch must be positive or null, got {self.max_steps_per_epoch}")
+        if self.log_every <= 0:
+            raise ValueError(f"train.log_every must be positive (steps between log points), got {self.log_every}")
+        if self.stages:
+            names = [s.name for s in self.stages]
+            if len(set(names)) != len(names):
+                raise ValueError(f"train.stages: stage names must be unique, got {names}")
+            total = sum(s.epochs for s in self.stages)
+            if total != self.epochs:
+                raise ValueError(f"train.stages add up to {total} epochs but train.epochs={self.epochs}; make them agree")
+            if self.frozen_epochs or self.head_lr is not None or self.finetune_lr is not None:
+                raise ValueError("train.stages replaces train.frozen_epochs / head_lr / finetune_lr: set one or the other")
 
 
 @dataclass
@@ -79,6 +141,10 @@ class EvalConfig:
     mode: Literal["min", "max", "auto"] = "auto"  # auto: min for *loss, max otherwise
     test: bool = False  # also evaluate the test split at the end
     topk: int = 3
+
+    def __post_init__(self):
+        if self.topk < 1:
+            raise ValueError(f"eval.topk must be >= 1, got {self.topk}")
 
     def better(self, new: float, old: Optional[float]) -> bool:
         if old is None:

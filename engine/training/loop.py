@@ -24,7 +24,7 @@ from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
 from engine.training.run_dir import RunDir, provenance
-from engine.training.stages import stage_epochs, stage_lr, stage_of
+from engine.training.stages import keep_frozen_norms, stage_config, stage_lr, stage_named, stage_of
 from engine.training.step import DevicePipe, training_loss
 from engine.training.wrap import deepspeed_config, release, wrap_model
 
@@ -70,7 +70,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
         log.warning("train.class_weights=%s and loader.balanced_sampling=%s both correct for class imbalance: "
                     "together they over-correct; usually one of them is meant", cfg.train.class_weights,
                     cfg.loader.balanced_sampling)
-    state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0))
+    state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0).name)
     engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
     if resume:
         state, loader_state = load_checkpoint(engine, run.checkpoints, "last", dist.rank)
@@ -91,12 +91,13 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
         for epoch in range(state.epoch, cfg.train.epochs):
             if cfg.train.early_stopping_patience and state.bad_epochs >= cfg.train.early_stopping_patience:
                 break  # checked first, so a run resumed after it stopped early does not train on
-            if stage_of(cfg, epoch) != state.stage:  # frozen -> finetune: re-wrap so the encoders really train
+            if stage_of(cfg, epoch).name != state.stage:  # e.g. frozen -> finetune: re-wrap so the encoders really train
                 release(engine)
-                state.stage = stage_of(cfg, epoch)
+                state.stage = stage_of(cfg, epoch).name
                 engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
             train_loader.set_epoch(epoch)
-            train_stats = train_epoch(engine, train_loader, pipe, cfg, state, dist, epoch, steps_per_epoch, len(ctx.classes),
+            train_stats = train_epoch(engine, train_loader, pipe, stage_config(cfg, stage_named(cfg, state.stage)), state,
+                                      dist, epoch, steps_per_epoch, len(ctx.classes),
                                       weights, monitor, save_last, stop_after_step)
             average_buffers(engine.module)  # one set of BatchNorm statistics for evaluation and the checkpoint
             val = evaluate(engine, val_loader, pipe, ctx.classes, cfg, dist, "val")
@@ -119,7 +120,8 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
 def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState, dist: DistInfo, epoch: int,
                 steps_per_epoch: int, num_classes: int, class_weights=None, monitor: Optional[Monitor] = None,
                 save_last: Optional[Callable[[], None]] = None, stop_after_step: Optional[int] = None) -> dict:
-    engine.train()  # FusionModel.train keeps the norm statistics of frozen encoders fixed
+    engine.train()
+    keep_frozen_norms(engine.module)  # frozen parts' BatchNorm statistics stay fixed
     skip_nonfinite = pipe.dtype == torch.float16  # fp16: DeepSpeed's loss scaler skips overflowing steps
     total = steps_per_epoch * cfg.train.grad_accum
     start = loader.batches_done  # > 0 when resuming mid-epoch
@@ -228,9 +230,14 @@ def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistIn
     return summary
 
 
-def _build_engine(model, cfg: Config, dist: DistInfo, precision: str, steps_per_epoch: int, stage: str):
-    steps = steps_per_epoch * stage_epochs(cfg, stage)
-    engine, _, _ = wrap_model(model, cfg, dist.device, precision, dist.world, steps, stage_lr(cfg, stage), frozen=stage == "frozen")
+def _build_engine(model, cfg: Config, dist: DistInfo, precision: str, steps_per_epoch: int, stage_name: str):
+    """The engine of one stage: its frozen parts, its own schedule over its epochs, its loss settings."""
+    stage = stage_named(cfg, stage_name)
+    local = stage_config(cfg, stage)
+    if hasattr(model, "cfg"):
+        model.cfg = local.model  # the model reads its loss weights (contrastive, aux, hard negatives) from here
+    engine, _, _ = wrap_model(model, local, dist.device, precision, dist.world, steps_per_epoch * stage.epochs,
+                              stage_lr(cfg, stage), frozen=stage.freeze)
     return engine
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from engine.config import load_config
 from engine.models.fusion import FusionOutput
-from engine.training.stages import stage_epochs, stage_lr, stage_of
+from engine.training.stages import stage_lr, stage_of
 from engine.training.step import classification_loss, training_loss
 
 
@@ -44,11 +44,12 @@ def test_model_auxiliary_losses_are_added():
 
 def test_stage_settings():
     c = load_config(None, {"train": {"epochs": 5, "frozen_epochs": 2, "head_lr": 0.01, "finetune_lr": 0.001}})
-    assert [stage_of(c, e) for e in range(5)] == ["frozen", "frozen", "finetune", "finetune", "finetune"]
-    assert (stage_lr(c, "frozen"), stage_lr(c, "finetune")) == (0.01, 0.001)
-    assert (stage_epochs(c, "frozen"), stage_epochs(c, "finetune")) == (2, 3)
+    assert [stage_of(c, e).name for e in range(5)] == ["frozen", "frozen", "finetune", "finetune", "finetune"]
+    frozen, finetune = stage_of(c, 0), stage_of(c, 4)
+    assert (stage_lr(c, frozen), stage_lr(c, finetune)) == (0.01, 0.001)
+    assert (frozen.epochs, finetune.epochs) == (2, 3) and sorted(frozen.freeze) == ["backbone", "text"] and not finetune.freeze
     plain = load_config(None, {"optim": {"lr": 0.002}})
-    assert stage_of(plain, 0) == "finetune" and stage_lr(plain, "finetune") == 0.002
+    assert stage_of(plain, 0).name == "finetune" and stage_lr(plain, stage_of(plain, 0)) == 0.002
 
 
 def test_weighted_ce_has_one_scale_for_index_and_soft_targets():
