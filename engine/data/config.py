@@ -16,12 +16,13 @@ class DataConfig:
     label_column: str = "label"  # class name or integer
     split_column: str = "split"  # train / val / test
     max_train_samples: Optional[int] = None  # seeded subset of train (same on every run and rank)
-    max_val_samples: Optional[int] = None  # seeded subset of val (and test)
+    max_val_samples: Optional[int] = None  # seeded subset of val
+    max_test_samples: Optional[int] = None  # seeded subset of test (its own: a val subset no longer cuts test too)
     image_size: int = 224  # training resolution (crops are taken at this size)
     on_bad_image: Literal["error", "skip"] = "error"  # corrupt/missing images: stop with a report, or skip and list them
 
     def __post_init__(self):
-        for key in ("max_train_samples", "max_val_samples"):
+        for key in ("max_train_samples", "max_val_samples", "max_test_samples"):
             v = getattr(self, key)
             if v is not None and v <= 0:
                 raise ValueError(f"data.{key} must be positive or null, got {v}")

@@ -211,4 +211,4 @@ def select_split(manifest: Manifest, split: str, max_samples: Optional[int], see
 
 
 def split_limit(cfg: DataConfig, split: str) -> Optional[int]:
-    return cfg.max_train_samples if split == "train" else cfg.max_val_samples
+    return {"train": cfg.max_train_samples, "val": cfg.max_val_samples, "test": cfg.max_test_samples}[split]

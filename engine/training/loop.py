@@ -24,6 +24,7 @@ from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
 from engine.training.run_dir import RunDir, provenance
+from engine.training.run_stats import run_statistics
 from engine.training.stages import keep_frozen_norms, stage_config, stage_lr, stage_named, stage_of
 from engine.training.step import DevicePipe, training_loss
 from engine.training.wrap import deepspeed_config, release, wrap_model
@@ -96,6 +97,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
                 state.stage = stage_of(cfg, epoch).name
                 engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
             train_loader.set_epoch(epoch)
+            t_epoch = time.perf_counter()  # training + validation: summary.json's wall_time_s sums these
             train_stats = train_epoch(engine, train_loader, pipe, stage_config(cfg, stage_named(cfg, state.stage)), state,
                                       dist, epoch, steps_per_epoch, len(ctx.classes),
                                       weights, monitor, save_last, stop_after_step)
@@ -103,7 +105,8 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
             val = evaluate(engine, val_loader, pipe, ctx.classes, cfg, dist, "val")
             state.epoch = epoch + 1
             improved = _track_best(cfg, state, val)
-            record = {"epoch": epoch + 1, "step": state.global_step, "stage": state.stage, **train_stats, **_scalars(val)}
+            record = {"epoch": epoch + 1, "step": state.global_step, "stage": state.stage, **train_stats, **_scalars(val),
+                      "epoch_time_s": time.perf_counter() - t_epoch}
             run.log_metrics(record, fresh=epoch == 0 and not resume)
             monitor.scalars(record, state.global_step)
             if improved:  # before 'last': a kill between the two must not leave 'last' naming a 'best' never written
@@ -225,7 +228,8 @@ def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistIn
     monitor.close()
     if dist.is_main:
         plot_curves(run.read_metrics(), run.path / "curves.png")
-    summary = _summary(run, state, test)
+    summary = {**_summary(run, state, test), **run_statistics(engine.module, dist.device, run.read_metrics(), cfg, ctx,
+                                                              ("val", "test") if test is not None else ("val",))}
     run.write_json("summary.json", summary)
     return summary
 

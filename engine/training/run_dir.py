@@ -33,7 +33,8 @@ def provenance(cfg: Config, dataset_version: str, classes: list[str], world: int
     return {
         "dataset_version": dataset_version,  # sha256 of the manifest file
         "seed": cfg.run.seed,
-        "subset": {"max_train_samples": cfg.data.max_train_samples, "max_val_samples": cfg.data.max_val_samples},
+        "subset": {"max_train_samples": cfg.data.max_train_samples, "max_val_samples": cfg.data.max_val_samples,
+                   "max_test_samples": cfg.data.max_test_samples},
         "classes": classes,
         "world_size": world,
         "git_commit": _git_commit(),
