@@ -27,6 +27,10 @@ class Batch:
     # int64 [B] key of each sample's augmentation draw: ``index``, or index + k * 2**40 for the k-th repeat of a
     # sample in an epoch drawn with replacement (loader.balanced_sampling), so repeats are augmented differently
     aug_key: Optional[torch.Tensor] = None
+    # evaluation batches of data.group_captions data (None otherwise): every caption of each image
+    captions_ids: Optional[torch.Tensor] = None  # int64 [B, K, L] (K = the split's most captions per image)
+    captions_mask: Optional[torch.Tensor] = None  # int64 [B, K, L], zero for padding captions
+    caption_count: Optional[torch.Tensor] = None  # int64 [B] captions of each image; k >= count is padding
 
     def __post_init__(self):
         if self.aug_key is None:
@@ -41,13 +45,19 @@ class Batch:
         return self.images.dtype == torch.uint8
 
     def to(self, device: torch.device, non_blocking: bool = True) -> "Batch":
-        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return replace(self, **{f.name: _apply(getattr(self, f.name), lambda t: t.to(device, non_blocking=non_blocking))
+                                for f in fields(self)})
 
     def narrow(self, n: int) -> "Batch":
         """The first ``n`` samples (drop the padding of a last evaluation batch)."""
-        return replace(self, **{f.name: getattr(self, f.name)[:n] for f in fields(self)})
+        return replace(self, **{f.name: _apply(getattr(self, f.name), lambda t: t[:n]) for f in fields(self)})
 
     @staticmethod
     def collate(samples: list[dict]) -> "Batch":
-        """Stack per-sample dicts (keys = field names) into a Batch."""
-        return Batch(**{name: torch.stack([torch.as_tensor(s[name]) for s in samples]) for name in samples[0]})
+        """Stack per-sample dicts (keys = field names; a None value or a missing key leaves the field None)."""
+        return Batch(**{name: None if samples[0][name] is None else torch.stack([torch.as_tensor(s[name]) for s in samples])
+                        for name in samples[0]})
+
+
+def _apply(t: Optional[torch.Tensor], fn) -> Optional[torch.Tensor]:
+    return None if t is None else fn(t)

@@ -20,6 +20,12 @@ class DataConfig:
     max_test_samples: Optional[int] = None  # seeded subset of test (its own: a val subset no longer cuts test too)
     image_size: int = 224  # training resolution (crops are taken at this size)
     on_bad_image: Literal["error", "skip"] = "error"  # corrupt/missing images: stop with a report, or skip and list them
+    # rows that share an image path are one sample with all their texts as captions (Flickr30k-style retrieval data)
+    group_captions: bool = False
+    classes: Optional[list[str]] = None  # labels to keep; every other label becomes other_name (null = keep all)
+    other_name: str = "other"  # the class every label outside data.classes becomes
+    # cap on the other class per split: other samples / all samples <= other_ratio after sampling (null = keep all)
+    other_ratio: Optional[float] = None
 
     def __post_init__(self):
         for key in ("max_train_samples", "max_val_samples", "max_test_samples"):
@@ -28,6 +34,19 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be positive or null, got {v}")
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if self.group_captions and not self.text_column:
+            raise ValueError("data.group_captions needs data.text_column (the captions)")
+        if self.classes is not None:
+            if not self.classes:
+                raise ValueError("data.classes is empty: list the classes to keep, or null to keep all")
+            if len(set(map(str, self.classes))) != len(self.classes):
+                raise ValueError(f"data.classes lists a class twice: {self.classes}")
+            if not str(self.other_name).strip() or str(self.other_name) in map(str, self.classes):
+                raise ValueError(f"data.other_name={self.other_name!r} must be non-empty and not one of data.classes")
+        elif self.other_ratio is not None:
+            raise ValueError("data.other_ratio needs data.classes (the classes kept; the rest is the other pool)")
+        if self.other_ratio is not None and not 0.0 <= self.other_ratio < 1.0:
+            raise ValueError(f"data.other_ratio must be in [0, 1) or null, got {self.other_ratio}")
 
 
 @dataclass
@@ -59,12 +78,26 @@ class LoaderConfig:
     release_pages: bool = False  # cache: unmap read pages as it goes (flat file-backed RSS, ~1/3 slower)
     dali_prealloc_mb: int = 0  # DALI nvJPEG host/device buffer preallocation; 0 = card default
     dali_hw_decoder_load: Optional[float] = None  # share of JPEGs to the A100/H100 hardware decoder; null = per card
+    # semantic batches (training): each global batch (batch_size x ranks) draws from groups_per_batch values of this
+    # manifest column (e.g. the label), batch_size / groups_per_batch samples of each per rank (sampling.group_epoch_order)
+    group_column: Optional[str] = None
+    groups_per_batch: Optional[int] = None  # G; batch_size must be a multiple of it
 
     def __post_init__(self):
         if self.batch_size <= 0:
             raise ValueError(f"loader.batch_size must be positive, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"loader.num_workers must be >= 0, got {self.num_workers}")
+        if (self.group_column is None) != (self.groups_per_batch is None):
+            raise ValueError("loader.group_column and loader.groups_per_batch go together: set both or neither")
+        if self.groups_per_batch is not None:
+            if self.groups_per_batch <= 0 or self.batch_size % self.groups_per_batch:
+                raise ValueError(f"loader.groups_per_batch={self.groups_per_batch} must be positive and divide "
+                                 f"loader.batch_size={self.batch_size} (each group gives batch_size / G samples)")
+            if self.balanced_sampling != "none":  # draws with replacement: no longer "every sample once per epoch"
+                raise ValueError(f"loader.group_column cannot be combined with loader.balanced_sampling="
+                                 f"{self.balanced_sampling!r} (group batches visit every sample once per epoch); "
+                                 "set one of them")
 
     @property
     def eval_bs(self) -> int:

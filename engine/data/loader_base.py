@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from engine.data.batch import Batch
-from engine.data.sampling import epoch_order, eval_per_rank, repeat_counts, shard_eval, shard_train, train_batches_per_rank
+from engine.data.sampling import (epoch_order, eval_per_rank, group_epoch_order, repeat_counts, shard_eval, shard_train,
+                                  train_batches_per_rank)
 
 
 class ShardedLoader:
@@ -28,8 +29,31 @@ class ShardedLoader:
         self.n, self.batch_size, self.train = n, batch_size, train
         self.rank, self.world, self.seed = rank, world, seed
         self.sample_weights = sample_weights
+        self.sample_groups: Optional[np.ndarray] = None  # int64 [n] per served position (group_batches)
+        self.groups_per_batch = 0
         self.epoch = 0
         self.batches_done = 0  # within the current epoch
+
+    def served_positions(self) -> np.ndarray:
+        """The split positions this loader serves, in the order of its positions 0..n-1 (backends that leave
+        bad images out serve fewer)."""
+        return np.arange(self.n)
+
+    def group_batches(self, groups: np.ndarray, groups_per_batch: int) -> None:
+        """Train in group-composed batches (``sampling.group_epoch_order``); ``groups``: int [split rows]
+        (one per split position, as ``DataContext.group_ids`` gives them) or one per served position."""
+        if not self.train:
+            return
+        groups = np.asarray(groups, dtype=np.int64)
+        self.sample_groups = groups[self.served_positions()] if len(groups) != self.n else groups
+        self.groups_per_batch = groups_per_batch
+
+    def global_order(self) -> np.ndarray:
+        """The current training epoch's order of all positions, before sharding (identical on every rank)."""
+        if self.sample_groups is not None:
+            return group_epoch_order(self.sample_groups, self.groups_per_batch, self.batch_size, self.world,
+                                     self.seed, self.epoch)[0]
+        return epoch_order(self.n, self.seed, self.epoch, self.sample_weights)
 
     def positions(self) -> np.ndarray:
         """This rank's sample positions for the current epoch, in order."""
@@ -39,7 +63,7 @@ class ShardedLoader:
         """This rank's positions for the current epoch and, for each, how often the global order drew it before
         (non-zero only for training drawn with replacement): what tells a repeat's augmentation from the first."""
         if self.train:
-            order = epoch_order(self.n, self.seed, self.epoch, self.sample_weights)
+            order = self.global_order()
             repeats = repeat_counts(order) if self.sample_weights is not None else np.zeros(len(order), np.int64)
             return (shard_train(order, self.rank, self.world, self.batch_size),
                     shard_train(repeats, self.rank, self.world, self.batch_size))

@@ -27,7 +27,10 @@ def create_loader(cfg, ctx: DataContext, split: str, train: bool, rank: int = 0,
     data = ctx.split(split)
     if train and cfg.loader.balanced_sampling != "none":
         weights = class_weights(data.labels, cfg.loader.balanced_sampling)
-    return _BACKENDS[backend](cfg, ctx, split, train, rank, world, weights)
+    loader = _BACKENDS[backend](cfg, ctx, split, train, rank, world, weights)
+    if train and cfg.loader.group_column:
+        loader.group_batches(ctx.group_ids(split, cfg.loader.group_column), cfg.loader.groups_per_batch)
+    return loader
 
 
 @register_backend("pil")

@@ -32,12 +32,16 @@ class Manifest:
     labels: np.ndarray  # int64 [N] class index per row
     splits: np.ndarray  # str [N]
     version: str  # sha256 of the manifest file's bytes: the dataset version
+    left_out: Optional[np.ndarray] = None  # bool [N]: rows in no split (other-pool rows sampled away); label -1
+    # per split, with data.classes: {"unit", "kept": {class: n}, "other_before", "other_after", "total"} (see other_pool)
+    class_pool_counts: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def split_indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.splits == split)
+        member = self.splits == split
+        return np.flatnonzero(member if self.left_out is None else member & ~self.left_out)
 
     def image_path(self, i: int, column: str) -> Path:
         return self.root / str(self.rows[i][column])
@@ -119,8 +123,11 @@ def _label_classes(canonical: list[str]) -> list[str]:
         return sorted(values)
 
 
-def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tuple[str, ...] = ("train", "val")) -> Manifest:
-    """Read and validate ``cfg.manifest``; every problem names the file and the rows concerned."""
+def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tuple[str, ...] = ("train", "val"),
+                  seed: int = 0) -> Manifest:
+    """Read and validate ``cfg.manifest``; every problem names the file and the rows concerned.
+
+    ``seed`` (the run seed) draws the other pool when ``data.other_ratio`` caps it (``other_pool``)."""
     if not cfg.manifest:
         raise ManifestError("data.manifest is not set")
     path = Path(cfg.manifest)
@@ -172,11 +179,96 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
         raise ManifestError(f"{path}: {len(missing_files)} image files do not exist under {root}: {_examples(missing_files)}")
 
     raw_labels = _canonical_labels([_label_text(r[cfg.label_column]) for r in rows])
+    if cfg.group_captions:
+        _refuse_caption_conflicts(path, rows, cfg.image_column, splits, raw_labels)
+    else:
+        _warn_duplicate_images(path, rows, cfg.image_column, splits, raw_labels)
+    version = hashlib.sha256(raw).hexdigest()
+    if cfg.classes is not None:
+        return other_pool(Manifest(path, root, rows, [], np.zeros(0, np.int64), splits, version), cfg, raw_labels, seed)
     classes = _label_classes(raw_labels)
     lookup = {c: i for i, c in enumerate(classes)}
     labels = np.array([lookup[v] for v in raw_labels], dtype=np.int64)
-    _warn_duplicate_images(path, rows, cfg.image_column, splits, raw_labels)
-    return Manifest(path, root, rows, classes, labels, splits, hashlib.sha256(raw).hexdigest())
+    return Manifest(path, root, rows, classes, labels, splits, version)
+
+
+def image_groups(rows: list[dict], column: str, indices: np.ndarray) -> list[list[int]]:
+    """``indices`` grouped by image path (normalised: "a/./b.jpg" is "a/b.jpg"), each group in row order, the
+    groups in the order of their first row."""
+    groups: dict[str, list[int]] = {}
+    for i in indices.tolist():
+        groups.setdefault(os.path.normpath(str(rows[i][column])), []).append(i)
+    return list(groups.values())
+
+
+def _refuse_caption_conflicts(path: Path, rows: list[dict], column: str, splits: np.ndarray, labels: list[str]) -> None:
+    """With data.group_captions the rows of one image are one sample: they must agree on its label and split."""
+    bad = []
+    for idx in image_groups(rows, column, np.arange(len(rows))):
+        if len(idx) > 1 and (len({labels[i] for i in idx}) > 1 or len({splits[i] for i in idx}) > 1):
+            what = ", ".join(f"line {rows[i]['_line']}: {labels[i]!r}/{splits[i]}" for i in idx[:6])
+            bad.append(f"{rows[idx[0]][column]} ({what})")
+    if bad:
+        raise ManifestError(f"{path}: {len(bad)} images have caption rows with conflicting labels or splits "
+                            f"(data.group_captions=true makes the rows of one image one sample; label/split per "
+                            f"line): {_examples(bad)}")
+
+
+def _resolve_classes(path: Path, cfg: DataConfig, present: set[str]) -> list[str]:
+    """data.classes as the manifest spells them ("02" finds integer label "2"); an absent one is refused."""
+    out, missing = [], []
+    for c in cfg.classes:
+        text = _label_text(c)
+        if text not in present:
+            text = _canonical_labels([text])[0]
+        (out if text in present else missing).append(text if text in present else str(c))
+    if missing:
+        raise ManifestError(f"{path}: data.classes lists {missing}, which no row of column '{cfg.label_column}' "
+                            f"has (labels present: {_examples(_label_classes(sorted(present)), 10)})")
+    return out
+
+
+def other_pool(m: Manifest, cfg: DataConfig, raw_labels: list[str], seed: int) -> Manifest:
+    """Keep the labels of ``data.classes``; every other label becomes ``data.other_name``, capped per split.
+
+    Counted in samples: images under data.group_captions (all caption rows of an image stay or go together),
+    rows otherwise. Per split, with K kept samples and O other samples, ``other_ratio`` r keeps
+    ``min(O, floor(r * K / (1 - r)))`` other samples, drawn without replacement (seeded by the run seed and the
+    split): the largest count whose share of the split after sampling, other / (K + other), is at most r.
+    r = null keeps all O. Classes: the kept ones in the usual order (numeric for integer labels), then
+    ``other_name`` if any other sample is left. ``class_pool_counts[split]`` records what was kept.
+    """
+    kept_names = _resolve_classes(m.path, cfg, set(raw_labels))
+    listed = set(kept_names)
+    is_other = np.array([v not in listed for v in raw_labels], dtype=bool)
+    left_out = np.zeros(len(m.rows), dtype=bool)
+    counts = {}
+    for split in SPLITS:
+        idx = np.flatnonzero(m.splits == split)
+        if not len(idx):
+            continue
+        units = image_groups(m.rows, cfg.image_column, idx) if cfg.group_captions else [[i] for i in idx.tolist()]
+        other = [u for u in units if is_other[u[0]]]  # the rows of a unit share a label (refused otherwise)
+        n_kept = len(units) - len(other)
+        n_after = len(other)
+        if cfg.other_ratio is not None:
+            n_after = min(len(other), int(np.floor(cfg.other_ratio * n_kept / (1.0 - cfg.other_ratio) + 1e-9)))
+        rng = np.random.default_rng([seed, 0x07E4, SPLITS.index(split)])
+        chosen = set(rng.choice(len(other), size=n_after, replace=False).tolist()) if other else set()
+        for j, u in enumerate(other):
+            if j not in chosen:
+                left_out[u] = True
+        per_class = {c: 0 for c in _label_classes(kept_names)}
+        for u in units:
+            if not is_other[u[0]]:
+                per_class[raw_labels[u[0]]] += 1
+        counts[split] = {"unit": "image" if cfg.group_captions else "row", "kept": per_class,
+                         "other_before": len(other), "other_after": n_after, "total": n_kept + n_after}
+    classes = _label_classes(kept_names) + ([cfg.other_name] if (is_other & ~left_out).any() else [])
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = np.array([-1 if out else lookup[cfg.other_name if o else v]
+                       for v, o, out in zip(raw_labels, is_other, left_out)], dtype=np.int64)
+    return Manifest(m.path, m.root, m.rows, classes, labels, m.splits, m.version, left_out, counts)
 
 
 def _warn_duplicate_images(path: Path, rows: list[dict], column: str, splits: np.ndarray, labels: list[str]) -> None:
@@ -212,3 +304,23 @@ def select_split(manifest: Manifest, split: str, max_samples: Optional[int], see
 
 def split_limit(cfg: DataConfig, split: str) -> Optional[int]:
     return {"train": cfg.max_train_samples, "val": cfg.max_val_samples, "test": cfg.max_test_samples}[split]
+
+
+def select_samples(manifest: Manifest, cfg: DataConfig, split: str, seed: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The samples of ``split``: (rows int64 [N], caption_rows int64 [N, K] or None).
+
+    Without data.group_captions a sample is a row (``select_split``). With it, a sample is an image: ``rows`` is
+    the first row of each image (images in the order of their first row), ``caption_rows[p]`` its rows in order,
+    padded with -1 to K = the split's most captions per image; ``max_*_samples`` count images.
+    """
+    limit = split_limit(cfg, split)
+    if not cfg.group_captions:
+        return select_split(manifest, split, limit, seed).astype(np.int64), None
+    groups = image_groups(manifest.rows, cfg.image_column, manifest.split_indices(split))
+    if limit is not None and limit < len(groups):
+        rng = np.random.default_rng([seed, 0x5EED, SPLITS.index(split)])
+        groups = [groups[i] for i in np.sort(rng.choice(len(groups), size=limit, replace=False))]
+    caption_rows = np.full((len(groups), max((len(g) for g in groups), default=1)), -1, dtype=np.int64)
+    for p, g in enumerate(groups):
+        caption_rows[p, : len(g)] = g
+    return caption_rows[:, 0].copy(), caption_rows

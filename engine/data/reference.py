@@ -66,7 +66,8 @@ class PilDataset(Dataset):
                 x = self.transform(img)
         else:
             x = self.transform(img)
-        sample = {k: torch.as_tensor(v[0]) for k, v in self.data.fields(np.array([position])).items()}
+        fields = self.data.fields(np.array([position]), self.train, self.seed, self.epoch)
+        sample = {k: torch.as_tensor(v[0]) for k, v in fields.items()}
         sample["images"] = x
         return sample
 

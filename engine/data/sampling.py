@@ -5,6 +5,10 @@ world-th sample of it, cut so every rank has the same number of full batches
 (drop_last). Evaluation: every sample exactly once overall; ranks are padded
 to the same length by repeating their own samples, and the padding is removed
 after gathering by de-duplicating on the sample id.
+
+Semantic batches (``group_epoch_order``): the permutation is laid out in global
+batches (batch_size x world consecutive entries: what ``shard_train`` deals out
+as step k's micro-batches) that each draw from at most G groups.
 """
 from __future__ import annotations
 
@@ -80,3 +84,41 @@ def shard_eval(n: int, rank: int, world: int) -> np.ndarray:
         fill = block[-1] if len(block) else n - 1
         block = np.concatenate([block, np.full(per_rank - len(block), fill)])
     return block
+
+
+def group_epoch_order(groups: np.ndarray, groups_per_batch: int, batch_size: int, world: int, seed: int,
+                      epoch: int) -> tuple[np.ndarray, int]:
+    """This epoch's global order of positions 0..n-1 (each exactly once) in group-composed global batches.
+
+    ``groups``: int [n], each position's group. A global batch is the ``batch_size * world`` consecutive entries
+    that ``shard_train`` deals out as one step's micro-batches; the first ``composed`` of them each hold G =
+    ``groups_per_batch`` blocks of m = batch_size * world / G samples of one group, so every rank's micro-batch
+    holds batch_size / G samples of each of the same <= G groups (a large group may fill two blocks of one
+    batch). Blocks: each group's positions in a seeded random order, cut into blocks of m; blocks shuffled and
+    dealt G per batch. Leftovers (the blocks that do not fill a last batch, and each group's last < m
+    positions) follow as the tail, group by group in a seeded group order, so tail batches may hold more than G
+    groups; as without groups, ``shard_train`` drops the last n mod (batch_size * world) entries, here tail
+    ones, which change from epoch to epoch. A pure function of (groups, G, batch_size, world, seed, epoch):
+    every rank computes the same order and a resumed run continues it.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    n, g_count = len(groups), groups_per_batch
+    global_bs = batch_size * world
+    if batch_size % g_count:
+        raise ValueError(f"loader.groups_per_batch={g_count} must divide loader.batch_size={batch_size}")
+    m = global_bs // g_count
+    rng = np.random.default_rng([seed, epoch, 0x6809])
+    perm = rng.permutation(n)
+    by_group = perm[np.argsort(groups[perm], kind="stable")]  # each group's positions, in a random order
+    starts = np.r_[0, np.flatnonzero(np.diff(groups[by_group])) + 1, n] if n else np.zeros(1, np.int64)
+    blocks, rest = [], []
+    for a, b in zip(starts[:-1], starts[1:]):
+        full = (b - a) // m * m
+        blocks += [by_group[i : i + m] for i in range(a, a + full, m)]
+        rest.append(by_group[a + full : b])
+    block_order = rng.permutation(len(blocks))
+    composed = len(blocks) // g_count
+    head = [blocks[i] for i in block_order[: composed * g_count]]
+    tail = [blocks[i] for i in block_order[composed * g_count :]] + [rest[i] for i in rng.permutation(len(rest))]
+    order = np.concatenate(head + tail) if n else np.zeros(0, np.int64)
+    return order.astype(np.int64), composed

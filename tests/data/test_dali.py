@@ -172,8 +172,9 @@ class _FakeCache:
         self.good = np.arange(self.count)
         self.fields = {"rows": data.rows, "labels": data.labels, "input_ids": data.input_ids,
                        "attention_mask": data.attention_mask, "numeric": data.numeric, "categorical": data.categorical}
+        self.captions = {}  # a cache without data.group_captions
 
-    batch_fields = CacheReader.batch_fields  # the real naming of fields into a Batch (it reads only .fields)
+    batch_fields = CacheReader.batch_fields  # the real naming of fields into a Batch (it reads .fields, .captions)
 
 
 @pytest.mark.parametrize("train", [True, False])

@@ -155,3 +155,69 @@ def test_one_image_in_two_splits_or_under_two_labels_is_reported(tmp_path, caplo
         load_manifest(_cfg(_write(tmp_path, rows)))
     assert "1 images appear in more than one split" in caplog.text and "img/0.jpg (lines 2, 7)" in caplog.text
     assert "1 images appear with different labels" in caplog.text
+
+
+# --- data.classes: the bounded "other" pool ------------------------------------------------------------------
+
+
+def _pool_rows(n_train=100, n_val=40):
+    """Labels a (40%), b (20%), then c..h (40% together) in both splits."""
+    names = "aaaabbcdefgh"
+    return [[f"img/{i}.jpg", f"t{i}", names[i % 12], "train" if i < n_train else "val"] for i in range(n_train + n_val)]
+
+
+def test_other_pool_keeps_the_listed_classes_and_caps_the_rest(tmp_path):
+    path = _write(tmp_path, _pool_rows())
+    m = load_manifest(_cfg(path, classes=["b", "a"], other_ratio=0.05), seed=0)
+    assert m.classes == ["a", "b", "other"]
+    train = m.class_pool_counts["train"]
+    kept = train["kept"]["a"] + train["kept"]["b"]
+    assert train["unit"] == "row" and train["other_before"] == sum(1 for r in _pool_rows() if r[3] == "train" and r[2] not in "ab")
+    assert train["other_after"] == int(np.floor(0.05 * kept / 0.95)) and train["total"] == kept + train["other_after"]
+    assert train["other_after"] / train["total"] <= 0.05 < (train["other_after"] + 1) / (train["total"] + 1)
+    for split in ("train", "val"):  # what the splits hold is what the counts say
+        idx = m.split_indices(split)
+        c = m.class_pool_counts[split]
+        assert len(idx) == c["total"] and (m.labels[idx] == 2).sum() == c["other_after"]
+        assert {m.rows[i]["label"] for i in idx if m.labels[i] == 2} <= set("cdefgh")
+    assert (m.labels[m.left_out] == -1).all() and m.left_out.sum() == sum(
+        c["other_before"] - c["other_after"] for c in m.class_pool_counts.values())
+    again = load_manifest(_cfg(path, classes=["b", "a"], other_ratio=0.05), seed=0)
+    np.testing.assert_array_equal(again.left_out, m.left_out)  # seeded
+    assert not np.array_equal(load_manifest(_cfg(path, classes=["b", "a"], other_ratio=0.05), seed=1).left_out, m.left_out)
+
+
+def test_other_pool_without_a_ratio_keeps_every_row(tmp_path):
+    path = _write(tmp_path, _pool_rows())
+    m = load_manifest(_cfg(path, classes=["a"], other_name="rest"))
+    assert m.classes == ["a", "rest"] and m.left_out is not None and not m.left_out.any()
+    assert m.class_pool_counts["val"]["other_before"] == m.class_pool_counts["val"]["other_after"]
+    assert len(m.split_indices("train")) == 100
+    none_left = load_manifest(_cfg(path, classes=["a"], other_ratio=0.0))
+    assert none_left.classes == ["a"] and set(none_left.labels[none_left.split_indices("train")]) == {0}
+
+
+def test_a_listed_class_that_never_occurs_is_refused(tmp_path):
+    path = _write(tmp_path, _pool_rows())
+    with pytest.raises(ManifestError, match=r"m\.csv: data\.classes lists \['zebra'\], which no row of column 'label' has"):
+        load_manifest(_cfg(path, classes=["a", "zebra"]))
+    with pytest.raises(ValueError, match="data.other_ratio needs data.classes"):
+        _cfg(path, other_ratio=0.1)
+    with pytest.raises(ValueError, match="other_name='a' must be non-empty and not one of data.classes"):
+        _cfg(path, classes=["a"], other_name="a")
+
+
+def test_other_pool_counts_images_with_grouped_captions(tmp_path):
+    rows = []
+    for i in range(60):  # 3 caption rows per image
+        rows += [[f"img/{i}.jpg", f"t{i}-{k}", "aaab cdef"[i % 9], "train" if i < 45 else "val"] for k in range(3)]
+    rows = [r for r in rows if r[2] != " "]
+    path = _write(tmp_path, rows)
+    m = load_manifest(_cfg(path, classes=["a"], other_ratio=0.2, group_captions=True))
+    c = m.class_pool_counts["train"]
+    assert c["unit"] == "image" and c["other_after"] == int(np.floor(0.2 * c["kept"]["a"] / 0.8))
+    images = {}
+    for i in m.split_indices("train"):
+        images.setdefault(m.rows[i]["image"], []).append(i)
+    assert all(len(v) == 3 for v in images.values())  # an image's captions stay or go together
+    assert len(images) == c["total"]

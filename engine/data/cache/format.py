@@ -13,6 +13,10 @@ A cache of one split is a folder ``<cache.dir>/<split>-<key[:12]>/``::
     numeric.npy      float32 [N, n_numeric]
     categorical.npy  int64  [N, n_categorical]
     good.npy         int64  [M]   records the reader serves (all but the rejected ones), ascending
+    caption_ids.npy  int64  [N, K, L]  }  data.group_captions only (CAPTION_FIELDS): every caption of
+    caption_mask.npy int64  [N, K, L]  }  record i's image, K = the split's most captions per image,
+    caption_count.npy int64 [N]        }  zero-padded; records stay one per image, so each photo is
+    caption_rows.npy int64  [N, K]     }  decoded once (-1 = padding row)
     rejects.csv      record,row,path,reason  (header only when nothing was rejected)
     metadata.json    how it was built: the key components, counts, stride, shape, versions
                      (and ``pixels_from``, the cache whose images.u8 it reuses, if any)
@@ -63,6 +67,13 @@ FIELDS: dict[str, np.dtype] = {
     "numeric": np.dtype(np.float32),
     "categorical": np.dtype(np.int64),
 }
+# Written beside FIELDS when the key has group_captions (SplitData.caption_*; metadata.json "fields" lists them).
+CAPTION_FIELDS: dict[str, np.dtype] = {
+    "caption_ids": np.dtype(np.int64),
+    "caption_mask": np.dtype(np.int64),
+    "caption_count": np.dtype(np.int64),
+    "caption_rows": np.dtype(np.int64),
+}
 
 
 class CacheError(RuntimeError):
@@ -104,11 +115,15 @@ class CacheKey:
     tabular: dict  # TabularEncoder.to_dict()
     classes: list
     format_version: int = FORMAT_VERSION
+    group_captions: bool = False  # records are images with all their captions (CAPTION_FIELDS)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
-        return asdict(self)
+        d = asdict(self)
+        if not d["group_captions"]:  # added after format v1 caches existed: absent when off, so they keep their key
+            del d["group_captions"]
+        return d
 
     @property
     def digest(self) -> str:
@@ -130,14 +145,15 @@ PIXEL_KEY = ("split", "images_sha", "stored_size", "resize_policy", "draft", "fo
 
 def cache_key(cfg, ctx, split: str) -> CacheKey:
     """The key of ``split``'s cache under run config ``cfg`` and data context ``ctx``."""
-    from engine.data.manifest import select_split, split_limit
+    from engine.data.manifest import select_samples
 
-    rows = select_split(ctx.manifest, split, split_limit(cfg.data, split), ctx.seed).astype(np.int64)
+    rows, caption_rows = select_samples(ctx.manifest, cfg.data, split, ctx.seed)
     paths = "\n".join(os.path.abspath(ctx.manifest.image_path(i, cfg.data.image_column)) for i in rows)
+    selected = rows.tobytes() if caption_rows is None else caption_rows.tobytes() + str(caption_rows.shape).encode()
     return CacheKey(
         manifest_version=ctx.manifest.version,
         split=split,
-        rows_sha=hashlib.sha256(rows.tobytes()).hexdigest(),
+        rows_sha=hashlib.sha256(selected).hexdigest(),
         images_sha=hashlib.sha256(paths.encode()).hexdigest(),
         image_column=cfg.data.image_column,
         text_column=cfg.data.text_column or "",
@@ -149,6 +165,7 @@ def cache_key(cfg, ctx, split: str) -> CacheKey:
         max_length=ctx.text_max_length,
         tabular=ctx.tabular.to_dict(),
         classes=list(ctx.classes),
+        group_captions=bool(cfg.data.group_captions),
     )
 
 

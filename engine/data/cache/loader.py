@@ -5,6 +5,7 @@ Emits ``Batch`` with
   input_ids       int64 [B, L]      attention_mask int64 [B, L]
   numeric         float32 [B, n]    categorical    int64 [B, k]
   labels          int64 [B]         index          int64 [B] manifest row
+  (caption caches, evaluation) captions_ids/captions_mask int64 [B, K, L], caption_count int64 [B]
 on ``device`` (CUDA: copied asynchronously from a ring of pinned buffers; CPU:
 host tensors the caller may keep: a host buffer is reused only once
 no tensor references it any more).
@@ -55,6 +56,9 @@ class CacheLoader(ShardedLoader):
         self.release_pages = release_pages
         self._since_drop = 0
 
+    def served_positions(self) -> np.ndarray:
+        return self.reader.good
+
     # --- one batch --------------------------------------------------------------------
 
     def _gather(self, positions: np.ndarray, out: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,7 +72,7 @@ class CacheLoader(ShardedLoader):
             scratch = np.empty((b, r.stride), np.uint8)
             np.take(r.images, records, axis=0, out=scratch, mode="clip")
             np.copyto(out[:b], scratch[:, : r.record_bytes])
-        return r.batch_fields(records)
+        return r.batch_fields(records, self.train, self.seed, self.epoch)
 
     def _to_batch(self, images: torch.Tensor, fields: dict[str, np.ndarray], non_blocking: bool) -> Batch:
         t = {k: torch.from_numpy(v) for k, v in fields.items()}

@@ -25,7 +25,8 @@ class CacheReader:
 
     ``images``: uint8 [count, stride] view of ``images.u8`` (record i at row i);
     ``payload_shape``: (S, S, 3); ``fields[name]``: per-record arrays of
-    ``format.FIELDS`` (memory-mapped); ``good``: records to serve.
+    ``format.FIELDS`` (memory-mapped); ``captions[name]``: those of
+    ``format.CAPTION_FIELDS`` when the cache has them (else empty); ``good``: records to serve.
     """
 
     def __init__(self, folder: Path):
@@ -38,10 +39,14 @@ class CacheReader:
             raise fmt.CacheError(f"{self.folder}: stride {self.stride} does not match size {self.size} (format v{fmt.FORMAT_VERSION})")
         self._mm, self.images = fmt.open_records(self.folder / fmt.IMAGES, self.count, self.stride, writable=False)
         self.fields = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in fmt.FIELDS}
+        with_captions = bool(self.meta["key"].get("group_captions"))
+        self.captions = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in fmt.CAPTION_FIELDS} \
+            if with_captions else {}
         self.good = np.load(self.folder / fmt.GOOD)
-        for name, arr in self.fields.items():
-            if len(arr) != self.count or arr.dtype != fmt.FIELDS[name]:
-                raise fmt.CacheError(f"{self.folder}/{name}.npy: {arr.dtype} {arr.shape}, expected {fmt.FIELDS[name]} [{self.count}, ...]")
+        for name, arr in {**self.fields, **self.captions}.items():
+            dtype = {**fmt.FIELDS, **fmt.CAPTION_FIELDS}[name]
+            if len(arr) != self.count or arr.dtype != dtype:
+                raise fmt.CacheError(f"{self.folder}/{name}.npy: {arr.dtype} {arr.shape}, expected {dtype} [{self.count}, ...]")
 
     @property
     def key(self) -> dict:
@@ -50,9 +55,17 @@ class CacheReader:
     def rejects(self) -> list[dict]:
         return read_rejects(self.folder)
 
-    def batch_fields(self, records: np.ndarray) -> dict[str, np.ndarray]:
-        """The non-image ``Batch`` fields of ``records``, named as in ``Batch`` (``rows`` is its ``index``)."""
-        return {("index" if name == "rows" else name): np.asarray(arr[records]) for name, arr in self.fields.items()}
+    def batch_fields(self, records: np.ndarray, train: bool = False, seed: int = 0, epoch: int = 0) -> dict[str, np.ndarray]:
+        """The non-image ``Batch`` fields of ``records``, named as in ``Batch`` (``rows`` is its ``index``); with
+        captions, ``train``/``seed``/``epoch`` choose them as ``SplitData.fields`` does (``caption_fields``)."""
+        out = {("index" if name == "rows" else name): np.asarray(arr[records]) for name, arr in self.fields.items()}
+        if self.captions:
+            from engine.data.dataset import caption_fields
+
+            c = self.captions
+            out.update(caption_fields(c["caption_ids"][records], c["caption_mask"][records], c["caption_count"][records],
+                                      out["index"], train, seed, epoch))
+        return out
 
     def record(self, i: int) -> np.ndarray:
         """Record ``i`` as uint8 [S, S, 3] (a view into the map)."""
@@ -62,7 +75,7 @@ class CacheReader:
         """Unmap the pages touched so far (they stay in the page cache): keeps RSS flat over a pass."""
         if MADV_DONTNEED is None:
             return
-        maps = [self._mm] + [getattr(a, "_mmap", None) for a in self.fields.values()]
+        maps = [self._mm] + [getattr(a, "_mmap", None) for a in (*self.fields.values(), *self.captions.values())]
         for m in maps:
             if m is not None:
                 m.madvise(MADV_DONTNEED)

@@ -261,7 +261,8 @@ def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: 
     """Write the per-record fields, checksums, good records, rejects and metadata; rename to ``final``."""
     n, stride = len(data), fmt.record_stride(size)
     good = np.setdiff1d(np.arange(n, dtype=np.int64), [r["record"] for r in rejects])  # sorted, like the records
-    for name, dtype in fmt.FIELDS.items():
+    fields = record_fields(data)
+    for name, dtype in fields.items():
         np.save(partial / f"{name}.npy", np.ascontiguousarray(getattr(data, name), dtype=dtype))
     np.save(partial / fmt.CHECKSUMS, sums)
     np.save(partial / fmt.GOOD, good)
@@ -282,7 +283,7 @@ def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: 
         "shape": [size, size, 3],
         "dtype": "uint8",
         "layout": "HWC RGB",
-        "fields": {name: {"dtype": str(dt), "shape": list(getattr(data, name).shape)} for name, dt in fmt.FIELDS.items()},
+        "fields": {name: {"dtype": str(dt), "shape": list(getattr(data, name).shape)} for name, dt in fields.items()},
         "checksum": "zlib.crc32 of each record's payload",
         "pixels_from": pixels_from,
         "images_fingerprint": fingerprint,
@@ -295,6 +296,12 @@ def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: 
     os.rename(partial, final)
     _fsync_dir(final.parent)
     return BuildSummary(key.split, final, n, int(len(good)), rejects)
+
+
+def record_fields(data) -> dict:
+    """The per-record fields a cache of ``data`` (a SplitData) stores: ``FIELDS``, plus ``CAPTION_FIELDS`` when
+    its samples are images with several captions (data.group_captions)."""
+    return {**fmt.FIELDS, **(fmt.CAPTION_FIELDS if data.caption_ids is not None else {})}
 
 
 def _fsync_dir(path: Path) -> None:

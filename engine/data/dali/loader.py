@@ -30,7 +30,7 @@ from engine.data.dali.pipelines import (READER, DecodeSettings, cache_pipeline, 
                                         pipe_kwargs)
 from engine.data.dataset import SplitData
 from engine.data.loader_base import ShardedLoader
-from engine.data.sampling import epoch_order, served_weights, shard_eval, shard_train
+from engine.data.sampling import served_weights, shard_eval, shard_train
 from kernels.config import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class _DaliBase(ShardedLoader):
         """Every rank's positions this epoch from ``start_batch`` on (equal lengths by construction)."""
         start = start_batch * self.batch_size
         if self.train:
-            order = epoch_order(self.n, self.seed, self.epoch, self.sample_weights)
+            order = self.global_order()
             return [shard_train(order, r, self.world, self.batch_size)[start:] for r in range(self.world)]
         return [shard_eval(self.n, r, self.world)[start:] for r in range(self.world)]
 
@@ -95,6 +95,9 @@ class DaliLoader(_DaliBase):
             sample_weights = served_weights(sample_weights, self.served, len(data))
         super().__init__(len(self.served), aug, size, batch_size, train, rank, world, seed, settings, num_threads,
                          prefetch, device_id, out_dtype, sample_weights)
+
+    def served_positions(self) -> np.ndarray:
+        return self.served
 
     def _skip_bad(self, workers: int, rejects_path: Optional[Path]) -> np.ndarray:
         bad = bad_images.scan(self.data.paths, workers)
@@ -129,7 +132,7 @@ class DaliLoader(_DaliBase):
                 raise self._decode_error(expected, k, e) from None
             got = out["positions"].reshape(-1).numpy().astype(np.int64)
             self._check_order(got, expected[k * bs : k * bs + len(got)], k)
-            fields = {name: torch.from_numpy(v) for name, v in self.data.fields(got).items()}
+            fields = {name: torch.from_numpy(v) for name, v in self.data.fields(got, self.train, self.seed, self.epoch).items()}
             yield Batch(images=self._images(out["images"]), **fields)
             k += 1
 
@@ -168,6 +171,9 @@ class DaliCacheLoader(_DaliBase):
         super().__init__(len(reader.good), aug, size, batch_size, train, rank, world, seed, settings, num_threads, prefetch,
                          device_id, out_dtype, sample_weights)
 
+    def served_positions(self) -> np.ndarray:
+        return self.reader.good
+
     def _source(self, batches: list[np.ndarray]):
         r, keep = self.reader, deque(maxlen=2 * self.prefetch + 2)  # no_copy: hold what DALI may still read
         for records in batches:
@@ -187,7 +193,7 @@ class DaliCacheLoader(_DaliBase):
         for k, out in enumerate(_iterator(pipe, self.train, None)):
             got = out[0]["positions"].reshape(-1).numpy().astype(np.int64)
             self._check_order(got, batches[k], k)
-            fields = {name: torch.from_numpy(v) for name, v in r.batch_fields(got).items()}
+            fields = {name: torch.from_numpy(v) for name, v in r.batch_fields(got, self.train, self.seed, self.epoch).items()}
             yield Batch(images=self._images(out[0]["images"]), **fields)
 
 
