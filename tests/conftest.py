@@ -38,3 +38,46 @@ def tiny_text_encoder(tmp_path_factory) -> str:
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+def _save_tiny_dual_encoder(out: Path, family: str) -> str:
+    """A 2-layer, 32-wide CLIP or SigLIP (image 32, patch 8, joint size 16 / 32) with MiniLM's tokenizer, saved
+    like a Hugging Face checkpoint folder (config, safetensors, tokenizer, preprocessor_config.json)."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    from engine.models.text import resolve_text_encoder
+
+    tok = AutoTokenizer.from_pretrained(resolve_text_encoder("minilm"))
+    text = dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=64, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    if family == "clip":
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    else:
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+        with torch.no_grad():  # SigLIP initialises both at 0; distinct values show that they are loaded
+            model.logit_scale.fill_(2.0)
+            model.logit_bias.fill_(-5.0)
+        mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std, "size": {"height": 32, "width": 32}}))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> str:
+    """A tiny random CLIP checkpoint folder (both towers, projections 32 -> 16, MiniLM's tokenizer)."""
+    return _save_tiny_dual_encoder(tmp_path_factory.mktemp("tiny_clip"), "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> str:
+    """A tiny random SigLIP checkpoint folder (both towers, joint size 32, logit scale 2, bias -5, MiniLM's tokenizer)."""
+    return _save_tiny_dual_encoder(tmp_path_factory.mktemp("tiny_siglip"), "siglip")

@@ -27,7 +27,8 @@ class CheckpointedResNet(ResNet):
             ids[name] = int(match.group(1)) if match else (0 if name.startswith(("conv1", "bn1")) else 5)
         return ids, max(ids.values()) + 1
 
-    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map [B, 2048, H/32, W/32]."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             # use_reentrant=False: gradients flow even when the stage's inputs and weights are frozen
@@ -35,7 +36,15 @@ class CheckpointedResNet(ResNet):
                 x = checkpoint(stage, x, use_reentrant=False)
             else:
                 x = stage(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return x
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled [B, 2048], the last feature map as tokens [B, H*W/1024, 2048])."""
+        feats = self.forward_features(x)
+        return self.fc(torch.flatten(self.avgpool(feats), 1)), feats.flatten(2).transpose(1, 2)
 
 
 def resnet50(pretrained: bool) -> tuple[nn.Module, int]:
@@ -47,4 +56,5 @@ def resnet50(pretrained: bool) -> tuple[nn.Module, int]:
         model.load_state_dict(ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False))
     dim = model.fc.in_features
     model.fc = nn.Identity()
+    model.token_dim = dim
     return model, dim

@@ -1,14 +1,20 @@
 """Vision backbones by name: ``create_backbone(name) -> (module, feature_dim)``.
 
 Every backbone maps normalised float images [B,3,H,W] to pooled features
-[B, feature_dim]. ``resnet50`` is torchvision's own model; every other name goes
-through timm (imported lazily, ``num_classes=0``).
+[B, feature_dim]; ``backbone_tokens`` gives its token-level features too
+(cross-attention fusion). ``resnet50`` is torchvision's own model; a Hugging
+Face CLIP / SigLIP checkpoint (Hub name or local folder) gives its vision tower
+(engine.models._hf_towers); every other name goes through timm (imported
+lazily, ``num_classes=0``). ``backbone_input_spec`` says what input size and
+normalisation a backbone's weights expect; ``check_input_spec`` refuses data
+settings that do not fit them.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -24,6 +30,7 @@ class BackboneSpec:
     feature_dim: int  # size of the pooled features
     size_multiple: int = 32  # input height and width must be multiples of this
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+    hf_path: Optional[str] = None  # Hugging Face CLIP/SigLIP checkpoint (Hub name or folder): its vision tower
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -46,14 +53,19 @@ _CLASSIFIER_PREFIXES = ("fc", "head", "classifier", "last_linear")
 
 
 def resolve_backbone(name: str) -> BackboneSpec:
-    """Registry alias -> spec; any other timm model name passes through as is."""
+    """Registry alias -> spec; a CLIP/SigLIP folder or Hub name and any other timm model name pass through."""
     if name in BACKBONES:
         return BACKBONES[name]
+    from engine.models._hf_towers import looks_like_hub_or_folder
+
+    if looks_like_hub_or_folder(name):
+        return BackboneSpec(None, feature_dim=0, size_multiple=1, hf_path=name)
     import timm
 
     if timm.is_model(name):
         return BackboneSpec(name, feature_dim=0)  # dim read from the built model
-    raise ValueError(f"model.backbone={name!r} is unknown; known: {sorted(BACKBONES)} (or any timm model name)")
+    raise ValueError(f"model.backbone={name!r} is unknown; known: {sorted(BACKBONES)} (or any timm model name, "
+                     f"or a Hugging Face CLIP/SigLIP checkpoint: Hub name or local folder)")
 
 
 def create_backbone(
@@ -64,6 +76,14 @@ def create_backbone(
 ) -> tuple[nn.Module, int]:
     """Build backbone ``name``; weights from ``pretrained_path`` if set, else the hub if ``pretrained``."""
     spec = resolve_backbone(name)
+    if spec.hf_path:
+        if pretrained_path:
+            raise ValueError(f"model.pretrained_path is for timm/torchvision backbones; model.backbone={name!r} is a "
+                             f"Hugging Face checkpoint whose weights come from it")
+        model, dim = _build_hf(spec.hf_path)
+        if grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        return model, dim
     from_hub = pretrained and not pretrained_path
     try:
         model, dim = _build(spec, from_hub)
@@ -116,7 +136,115 @@ def _build(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, int]:
     import timm
 
     model = timm.create_model(spec.timm_name, pretrained=pretrained, num_classes=0, **spec.kwargs)
-    return model, model.num_features
+    model.token_dim = model.num_features  # forward_features channels; pooled size may differ (head_hidden_size)
+    return model, getattr(model, "head_hidden_size", model.num_features)
+
+
+def _hf_vision_config(path: str):
+    """(family, config) of a checkpoint that has a vision tower; refuses other checkpoints by name."""
+    from engine.models._hf_towers import FAMILIES, load_config, tower_family
+
+    try:
+        config = load_config(path)
+    except OSError as e:
+        raise PretrainedWeightsError(
+            f"model.backbone={path!r}: could not load the Hugging Face checkpoint {path!r} ({type(e).__name__}: {e}). "
+            f"Offline, the Hub cannot be reached: download it elsewhere (save_pretrained) and set model.backbone to "
+            f"that local folder."
+        ) from e
+    family, towers = tower_family(config)
+    if "vision" not in towers:
+        kind = getattr(config, "model_type", "unknown")
+        raise ValueError(f"model.backbone={path!r} is a {kind!r} checkpoint without a vision tower; a Hugging Face "
+                         f"backbone must be one of {sorted(FAMILIES)} (full model or its vision tower)")
+    return family, config
+
+
+def _build_hf(path: str) -> tuple[nn.Module, int]:
+    from engine.models._hf_towers import VisionTower, load_tower
+
+    family, _ = _hf_vision_config(path)
+    tower = VisionTower(load_tower(path, family, "vision"), family, path)
+    return tower, tower.dim
+
+
+def backbone_token_dim(model: nn.Module) -> int:
+    """Channel size of ``backbone_tokens``' tokens."""
+    return model.token_dim
+
+
+def backbone_tokens(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled features [B, dim] as ``model(images)``, tokens [B, N, token_dim]) from one forward pass.
+
+    CNNs: the last feature map [B, C, H, W] flattened to H*W tokens; ViTs: every token (class/prefix tokens first);
+    CLIP/SigLIP towers: last_hidden_state (layer-normed).
+    """
+    if hasattr(model, "forward_tokens"):  # torchvision ResNet-50, CLIP/SigLIP towers
+        return model.forward_tokens(images)
+    feats = model.forward_features(images)  # timm: checkpointed stages live in here
+    pooled = model.forward_head(feats, pre_logits=True)
+    tokens = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
+    return pooled, tokens
+
+
+class InputSpec(NamedTuple):
+    image_size: Optional[int]  # native input side of the weights; None = any (CNNs, dynamic-size timm ViTs)
+    mean: tuple[float, float, float]  # normalisation the weights were trained with
+    std: tuple[float, float, float]
+    size_multiple: int  # input side must be a multiple of this (patch size of a ViT; 1 = any)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def backbone_input_spec(name: str) -> InputSpec:
+    """Native input size and normalisation of backbone ``name`` (a CLIP/SigLIP checkpoint: from its config and
+    preprocessor_config.json; timm: its pretrained config; torchvision: ImageNet)."""
+    spec = resolve_backbone(name)
+    if spec.hf_path:
+        from engine.models._hf_towers import preprocessor_normalisation
+
+        family, config = _hf_vision_config(spec.hf_path)
+        vision = getattr(config, "vision_config", config)
+        mean, std = preprocessor_normalisation(spec.hf_path, family)
+        return InputSpec(vision.image_size, mean, std, vision.patch_size)
+    patch = spec.size_multiple if spec.kwargs.get("dynamic_img_size") else 1
+    if spec.timm_name is None:
+        return InputSpec(None, IMAGENET_MEAN, IMAGENET_STD, 1)
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(spec.timm_name, allow_unregistered=True)
+    mean = tuple(getattr(pcfg, "mean", None) or IMAGENET_MEAN)
+    std = tuple(getattr(pcfg, "std", None) or IMAGENET_STD)
+    return InputSpec(None, mean, std, patch)
+
+
+def check_input_spec(model_cfg, image_size: int, mean, std) -> None:
+    """Refuse data settings the backbone's weights do not fit, naming the key to change.
+
+    ``data.image_size`` must be a multiple of a ViT's patch size; with pretrained weights (CLIP/SigLIP
+    checkpoints always, timm/torchvision with model.pretrained or model.pretrained_path) ``augment.mean`` /
+    ``augment.std`` must be the weights' normalisation. Another size than a tower's native one is allowed:
+    its position embeddings are interpolated (a warning says so).
+    """
+    from engine.config import ConfigError
+
+    if not model_cfg.backbone:
+        return
+    spec = backbone_input_spec(model_cfg.backbone)
+    name = model_cfg.backbone
+    if image_size % spec.size_multiple:
+        raise ConfigError(f"data.image_size={image_size} is not a multiple of model.backbone={name!r}'s patch size "
+                          f"{spec.size_multiple} (native size {spec.image_size})")
+    pretrained = bool(resolve_backbone(name).hf_path or model_cfg.pretrained or model_cfg.pretrained_path)
+    if pretrained:
+        for key, got, want in (("mean", mean, spec.mean), ("std", std, spec.std)):
+            if len(got) != 3 or any(abs(float(a) - b) > 1e-3 for a, b in zip(got, want)):
+                raise ConfigError(f"augment.{key}={list(got)} does not match the normalisation model.backbone={name!r} "
+                                  f"was trained with: set augment.mean={list(spec.mean)} augment.std={list(spec.std)}")
+    if spec.image_size and image_size != spec.image_size:
+        warnings.warn(f"data.image_size={image_size} differs from model.backbone={name!r}'s native {spec.image_size}: "
+                      f"its position embeddings are interpolated")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:

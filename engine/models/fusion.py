@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.backbones import backbone_layer_ids, create_backbone
+from engine.models.backbones import backbone_layer_ids, backbone_token_dim, backbone_tokens, create_backbone
 from engine.models.config import ModelConfig
-from engine.models.contrastive import ContrastiveHead, info_nce
+from engine.models.contrastive import ContrastiveHead, contrastive_loss
 from engine.models.fusers import create_fuser
 from engine.models.tabular import TabularMLP
 from engine.models.text import TextEncoder
@@ -28,6 +28,7 @@ class FusionOutput:
     aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # per-modality heads [B, C] (aux_loss_weight > 0)
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # "image"/"text" normalised [B, contrastive_dim]
     logit_scale: Optional[torch.Tensor] = None  # contrastive temperature (scalar), with the embeddings
+    logit_bias: Optional[torch.Tensor] = None  # sigmoid contrastive loss's bias (scalar)
     modality_weights: Optional[torch.Tensor] = None  # [B, M] fusion weights/gates (weighted_sum, gated)
 
 
@@ -58,7 +59,7 @@ class FusionModel(nn.Module):
         if cfg.backbone:
             self.image, dims["image"] = create_backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path, cfg.grad_checkpointing)
         if cfg.text_encoder:
-            self.text = TextEncoder(cfg.text_encoder, cfg.text_pooling, cfg.grad_checkpointing)
+            self.text = TextEncoder(cfg.text_encoder, cfg.text_pooling, cfg.grad_checkpointing, cfg.text_max_length)
             dims["text"] = self.text.dim
         if cfg.use_tabular and (num_numeric or cardinalities):
             self.tabular = TabularMLP(num_numeric, cardinalities or [], cfg.tabular_hidden, cfg.dropout)
@@ -66,14 +67,20 @@ class FusionModel(nn.Module):
         if not dims:
             raise ValueError("model: no modality left (use_tabular=true but the data has no tabular columns)")
         self.modalities = list(dims)
-        self.fuser = create_fuser(cfg.fusion, list(dims.values()), cfg.fusion_dim, cfg.gate)
+        token_options = {}
+        if cfg.fusion == "cross_attention":
+            token_dims = {"image": backbone_token_dim(self.image), "text": self.text.token_dim}  # both: ModelConfig
+            token_options = dict(modalities=self.modalities, token_dims=token_dims, direction=cfg.cross_attention,
+                                 heads=cfg.cross_attention_heads)
+        self.fuser = create_fuser(cfg.fusion, list(dims.values()), cfg.fusion_dim, cfg.gate, **token_options)
+        self.needs_tokens = getattr(self.fuser, "needs_tokens", False)
         self.head = nn.Sequential(
             nn.Dropout(cfg.dropout), nn.Linear(self.fuser.out_dim, cfg.fusion_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, num_classes)
         )
         if cfg.aux_loss_weight > 0:
             self.aux_heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
         if cfg.contrastive_weight > 0:
-            self.contrastive = ContrastiveHead(dims["image"], dims["text"], cfg.contrastive_dim)
+            self.contrastive = ContrastiveHead(dims["image"], dims["text"], cfg.contrastive_dim, cfg.contrastive_loss)
 
     # --- what the data pipeline needs to know ------------------------------------------------
 
@@ -85,14 +92,24 @@ class FusionModel(nn.Module):
     # --- forward -------------------------------------------------------------------------------
 
     def features(self, images, input_ids, attention_mask, numeric, categorical) -> dict[str, torch.Tensor]:
-        feats = {}
+        return self._encode(images, input_ids, attention_mask, numeric, categorical)[0]
+
+    def _encode(self, images, input_ids, attention_mask, numeric, categorical) -> tuple[dict, dict]:
+        """(pooled features per modality, token features per modality; empty unless the fuser needs them)."""
+        feats, tokens = {}, {}
         if "image" in self.modalities:
-            feats["image"] = self.image(images)
+            if self.needs_tokens:
+                feats["image"], tokens["image"] = backbone_tokens(self.image, images)
+            else:
+                feats["image"] = self.image(images)
         if "text" in self.modalities:
-            feats["text"] = self.text(input_ids, attention_mask)
+            if self.needs_tokens:
+                feats["text"], tokens["text"] = self.text.forward_tokens(input_ids, attention_mask)
+            else:
+                feats["text"] = self.text(input_ids, attention_mask)
         if "tabular" in self.modalities:
             feats["tabular"] = self.tabular(numeric, categorical)
-        return feats
+        return feats, tokens
 
     def modality_mask(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """[B, M] of 1 (keep) / 0 (mask): random per sample in training, ``mask_modalities`` in evaluation."""
@@ -112,17 +129,22 @@ class FusionModel(nn.Module):
         return mask
 
     def forward(self, images, input_ids, attention_mask, numeric, categorical) -> FusionOutput:
-        feats = self.features(images, input_ids, attention_mask, numeric, categorical)
+        feats, tokens = self._encode(images, input_ids, attention_mask, numeric, categorical)
         dtype = feats[self.modalities[0]].dtype  # fuse in the branches' dtype, no upcast
         raw = [feats[m].to(dtype) for m in self.modalities]
         mask = self.modality_mask(raw[0].shape[0], raw[0].device, dtype)
-        fused, weights = self.fuser([f * mask[:, i : i + 1] for i, f in enumerate(raw)], mask)
+        masked = [f * mask[:, i : i + 1] for i, f in enumerate(raw)]
+        if self.needs_tokens:
+            fused, weights = self.fuser(masked, mask, {m: t.to(dtype) for m, t in tokens.items()}, {"text": attention_mask})
+        else:
+            fused, weights = self.fuser(masked, mask)
         out = FusionOutput(logits=self.head(fused), modality_weights=weights)
         # Auxiliary heads and the contrastive loss see the unmasked features: they train each branch on its own.
         if hasattr(self, "aux_heads"):
             out.aux_logits = {m: self.aux_heads[m](f) for m, f in zip(self.modalities, raw)}
         if hasattr(self, "contrastive"):
             image, text, out.logit_scale = self.contrastive(feats["image"], feats["text"])
+            out.logit_bias = self.contrastive.bias()
             out.embeddings = {"image": image, "text": text}
         return out
 
@@ -130,7 +152,8 @@ class FusionModel(nn.Module):
         """Already-weighted scalar losses to add to the classification loss.
 
         ``aux_<modality>``: cross-entropy of each auxiliary head x aux_loss_weight (each, not averaged);
-        ``contrastive``: image-text InfoNCE x contrastive_weight. Labels are class indices [B] or
+        ``contrastive``: image-text contrastive loss (model.contrastive_loss, hard_negatives) x contrastive_weight.
+        Labels are class indices [B] or
         probabilities [B, C]. Empty when both weights are 0.
         """
         losses = {}
@@ -138,7 +161,8 @@ class FusionModel(nn.Module):
             for m, logits in out.aux_logits.items():
                 losses[f"aux_{m}"] = self.cfg.aux_loss_weight * soft_cross_entropy(logits, labels)
         if self.cfg.contrastive_weight > 0 and out.embeddings:
-            losses["contrastive"] = self.cfg.contrastive_weight * info_nce(out.embeddings["image"], out.embeddings["text"], out.logit_scale)
+            losses["contrastive"] = self.cfg.contrastive_weight * contrastive_loss(
+                out.embeddings["image"], out.embeddings["text"], out.logit_scale, out.logit_bias, self.cfg)
         return losses
 
     # --- training stages -----------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""Text encoders: any Hugging Face encoder by name or local path, with its tokenizer.
+"""Text encoders: any Hugging Face encoder by name or local path, with its tokenizer; a CLIP or SigLIP
+checkpoint gives its text tower (with its own pooling, engine.models._hf_towers).
 
 ``resolve_text_encoder`` is shared by the model and the cache builder, so the
 tokens written to the cache come from the same tokenizer the model was built with.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def _unavailable(name: str, path: str, what: str, error: Exception) -> OSError:
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of text encoder ``name`` (alias, Hub name or local path)."""
+    """The tokenizer of text encoder ``name`` (alias, Hub name or local path; a CLIP/SigLIP folder's own)."""
     from transformers import AutoTokenizer
 
     path = resolve_text_encoder(name)
@@ -64,57 +65,80 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor
 
 
 class TextEncoder(nn.Module):
-    """A Hugging Face encoder pooled to one vector per text (CLS or attention-masked mean)."""
+    """A Hugging Face encoder pooled to one vector per text.
 
-    def __init__(self, name: str, pooling: str = "mean", grad_checkpointing: bool = False):
+    ``pooling``: "cls", attention-masked "mean", or "auto": a CLIP/SigLIP text tower's own pooling (CLIP: the
+    EOS token; SigLIP: the last position and its head, which is why texts are padded to max length) and mean
+    for every other encoder. A SigLIP text tower runs without attention mask, as it was trained (its pads are
+    tokens it has seen); CLIP and other encoders get the mask. ``max_length`` (model.text_max_length) is
+    checked against the encoder's position embeddings.
+    """
+
+    def __init__(self, name: str, pooling: str = "auto", grad_checkpointing: bool = False, max_length: Optional[int] = None):
         super().__init__()
-        from transformers import AutoModel
+        from engine.models._hf_towers import load_config, load_tower, tower_family
 
         self.name = name
         self.path = resolve_text_encoder(name)
+        if pooling not in ("auto", "cls", "mean"):
+            raise ValueError(f"model.text_pooling={pooling!r} is not one of ['auto', 'cls', 'mean']")
         try:
-            self.model = AutoModel.from_pretrained(self.path, trust_remote_code=False)
+            config = load_config(self.path)
+            self.family, towers = tower_family(config)
+            if self.family is None:
+                from transformers import AutoModel
+
+                self.model = AutoModel.from_pretrained(self.path, trust_remote_code=False, dtype=torch.float32)
+            elif "text" not in towers:
+                raise ValueError(f"model.text_encoder={name!r} is a {config.model_type!r} checkpoint without a text tower")
+            else:
+                self.model = load_tower(self.path, self.family, "text")
         except OSError as e:
             raise _unavailable(name, self.path, "weights", e) from e
-        # The pooler is unused (we pool last_hidden_state); a parameter without a gradient
-        # would make DeepSpeed ZeRO wait forever for it.
+        self.pooling = ("tower" if self.family else "mean") if pooling == "auto" else pooling
+        # An unused pooler (BERT's; SigLIP's text head when we pool ourselves) is removed: a parameter without
+        # a gradient would make DeepSpeed ZeRO wait forever for it.
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"model.text_pooling={pooling!r} is not one of ['cls', 'mean']")
-        self.pooling = pooling
-        self.dim: int = self.model.config.hidden_size
+        if self.family == "siglip" and self.pooling != "tower":
+            self.model.head = nn.Identity()
+        hidden = self.model.config.hidden_size
+        self.token_dim: int = hidden
+        self.dim: int = self.model.config.projection_size if (self.family == "siglip" and self.pooling == "tower") else hidden
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if max_length is not None and positions is not None and max_length > positions:
+            raise ValueError(f"model.text_max_length={max_length} exceeds model.text_encoder={name!r}'s {positions} positions")
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # use_reentrant=False: gradients pass through checkpointed layers even when they are frozen
-        # transformers >= 5.x renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn)
-        if hasattr(self.model, "activation_checkpointing_enable"):
-            if enable:
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                self.model.activation_checkpointing_disable()
-        elif enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            self.model.gradient_checkpointing_disable()
+        from engine.models._hf_towers import set_hf_grad_checkpointing
+
+        set_hf_grad_checkpointing(self.model, enable)
 
     def layer_ids(self) -> tuple[dict[str, int], int]:
         """Parameter name -> depth: embeddings 0, encoder layer i -> i + 1, anything after -> last."""
-        after = self.model.config.num_hidden_layers + 1
-        ids = {}
-        for name, _ in self.named_parameters():
-            match = re.search(r"\.layers?\.(\d+)\.", name)
-            if match:
-                ids[name] = int(match.group(1)) + 1
-            else:
-                ids[name] = 0 if "embed" in name else after
-        return ids, max(ids.values()) + 1
+        from engine.models._hf_towers import hf_layer_ids
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hf_layer_ids([n for n, _ in self.named_parameters()], self.model.config.num_hidden_layers)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        mask = None if self.family == "siglip" else attention_mask
+        return self.model(input_ids=input_ids, attention_mask=mask)
+
+    def _pool(self, out, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = out.last_hidden_state
+        if self.pooling == "tower":
+            return out.pooler_output
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._pool(self._run(input_ids, attention_mask), attention_mask)
+
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled [B, dim] as ``forward``, last_hidden_state [B, L, token_dim]); ``attention_mask`` marks its tokens."""
+        out = self._run(input_ids, attention_mask)
+        return self._pool(out, attention_mask), out.last_hidden_state
