@@ -2,7 +2,8 @@
 
 1. precision is chosen for the card (engine.hardware, by the caller),
 2. the model moves to the device (channels_last for conv backbones where the
-   card prefers it),
+   card prefers it); under bf16/fp16 every BatchNorm computes with fp32 weight
+   and statistics (``batchnorm_in_fp32``),
 3. the stage's trainable set is fixed (frozen encoders or everything),
 4. optimizer and schedule are built from the trainable parameters,
 5. DeepSpeed wraps all three with a config generated from ours plus the
@@ -93,6 +94,43 @@ def deepspeed_config(cfg: Config, precision: str, world: int) -> dict:
     return ds
 
 
+def batchnorm_in_fp32(model: nn.Module) -> int:
+    """Let every BatchNorm of ``model`` run on half-precision activations with fp32 weight and statistics.
+
+    DeepSpeed's bf16/fp16 engines cast parameters, not buffers (0.19: fp32 buffers such as rotary tables must stay
+    fp32), so a BatchNorm ends up with bf16 weight and bias beside fp32 running statistics, a mix ``batch_norm``
+    refuses on CPU and CUDA alike ("expected scalar type BFloat16 but found Float"). Casting the statistics to bf16
+    instead would accumulate them with 8 mantissa bits. So weight and bias enter the op as a differentiable fp32
+    copy of the half-precision parameters (DeepSpeed keeps the fp32 master weights in the optimizer anyway) while
+    the activations stay in the training dtype: half input with fp32 weight and statistics is PyTorch's 'mixed'
+    batch_norm (cuDNN's own layout for it on a GPU), which returns the input dtype and updates the statistics in
+    fp32. Covers nn.BatchNorm* and subclasses (timm's BatchNormAct2d). Idempotent (a stage switch re-wraps);
+    returns how many modules it hooked.
+    """
+    hooked = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not getattr(m, "_fp32_weights_hooked", False):
+            m.register_forward_pre_hook(_fp32_weights)
+            m.register_forward_hook(_restore_weights, always_call=True)  # also when forward raises
+            m._fp32_weights_hooked = True
+            hooked += 1
+    return hooked
+
+
+def _fp32_weights(module: nn.Module, args) -> None:
+    params = {k: p for k in ("weight", "bias") if (p := module._parameters.get(k)) is not None
+              and p.dtype in (torch.bfloat16, torch.float16)}
+    if params:  # bypasses Module.__setattr__, which only takes Parameters; forward reads module.weight from here
+        module.__dict__["_half_params"] = params
+        module._parameters.update({k: p.float() for k, p in params.items()})
+
+
+def _restore_weights(module: nn.Module, args, output) -> None:
+    params = module.__dict__.pop("_half_params", None)
+    if params:
+        module._parameters.update(params)
+
+
 def wrap_model(model: nn.Module, cfg: Config, device: torch.device, precision: str, world: int, total_steps: int,
                base_lr: float, frozen: bool = False):
     """Return (engine, optimizer, scheduler) ready to train; see the module docstring for the order."""
@@ -103,6 +141,8 @@ def wrap_model(model: nn.Module, cfg: Config, device: torch.device, precision: s
     model = model.to(device)
     if channels_last and getattr(model, "image", None) is not None:
         model.image.to(memory_format=torch.channels_last)
+    if precision in ("bf16", "fp16"):
+        batchnorm_in_fp32(model)
     set_frozen(model, frozen)
     optimizer = create_optimizer(model, cfg.optim, base_lr, device)
     scheduler = create_scheduler(optimizer, cfg.optim, total_steps)
