@@ -14,9 +14,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from engine.errors import exit_on_user_error  # noqa: E402  (after the path set-up above)
 
+
+@exit_on_user_error  # a mistake in the config, data or files: one line naming it, exit 2
 def main(argv: list[str] | None = None) -> dict:
-    from engine.config import ConfigError, load_config
+    from engine.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML recipe in configs/")
@@ -25,28 +28,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stop-after-step", type=int, default=None, help="exit after this optimizer update (simulates a kill mid-epoch)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
     args, overrides = ap.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        ap.exit(2, f"config error: {e}\n")
-    from engine.training.loop import train
+    cfg = load_config(args.config, overrides)
+    from engine.training.loop import train  # after the config: a typo fails before torch and DeepSpeed import
 
-    try:
-        return train(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch, stop_after_step=args.stop_after_step)
-    except ConfigError as e:  # found once the run knows its world size and card (DeepSpeed config)
-        ap.exit(2, f"config error: {e}\n")
-    except input_errors() as e:  # the user's data or files: one message naming file/row, not a traceback
-        ap.exit(2, f"error: {e}\n")
-
-
-def input_errors() -> tuple[type[Exception], ...]:
-    """Problems with the user's manifest, images, cache or weights, each raised with a message that names them."""
-    from engine.data.cache.format import CacheError
-    from engine.data.dali.bad_images import BadImageError
-    from engine.data.manifest import ManifestError
-    from engine.models.backbones import PretrainedWeightsError
-
-    return ManifestError, CacheError, BadImageError, PretrainedWeightsError
+    return train(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch, stop_after_step=args.stop_after_step)
 
 
 if __name__ == "__main__":

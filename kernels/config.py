@@ -41,5 +41,10 @@ class AugmentConfig:
                 raise ValueError(f"augment.{key} is a probability, got {v}")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"augment.hue must be in [0, 0.5], got {self.hue}")
+        for key in ("brightness", "contrast", "saturation", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"augment.{key} must be >= 0 (0 = off), got {getattr(self, key)}")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"augment.std must be positive, got {list(self.std)}")
         if not 0 < self.eval_crop_pct <= 1:
             raise ValueError(f"augment.eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")

@@ -53,7 +53,7 @@ def test_missing_cache_is_one_message_with_the_build_command(tmp_path, capsys):
 
     manifest = make_demo_data(tmp_path / "d", 4, 2, 2, workers=1, sizes=[(64, 48)])
     with pytest.raises(SystemExit):
-        main(["--config", str(_recipe(tmp_path, manifest)), f"--cache.dir={tmp_path / 'nocache'}"])
+        main(["--config", str(_recipe(tmp_path, manifest)), f"--cache.dir={tmp_path / 'nocache'}", "--loader.batch_size=2"])
     err = capsys.readouterr().err
     assert re.search(r"(^|\n)error: no train cache", err) and "tools/build_cache.py" in err and "Traceback" not in err
 
@@ -63,3 +63,17 @@ def test_launcher_style_script_invocation_reports_config_error():
     out = subprocess.run([sys.executable, str(ROOT / "engine/train.py"), "--config", str(ROOT / "configs/demo.yaml"),
                           "--local_rank=0", "--model.fusion=sum"], capture_output=True, text=True, cwd="/")
     assert out.returncode == 2 and "model.fusion" in out.stderr
+
+
+def test_card_without_kernels_in_installed_torch_refused_at_start(tmp_path, capsys, monkeypatch):
+    """A Pascal card under the sm_75+ torch `make install` pins: one line naming the card and the build, exit 2."""
+    from engine import hardware
+
+    monkeypatch.setenv(hardware.FORCE_ENV, "6.1")
+    monkeypatch.setenv(hardware.FORCE_ARCH_ENV, "sm_75,sm_80,sm_86,sm_90,sm_100,sm_120")
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(ROOT / "configs/demo.yaml"), f"--run.output_dir={tmp_path}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "capability 6.1" in err and "make install TORCH_INDEX=cu126" in err
+    assert not (tmp_path / "demo").exists()  # refused before the run folder or any data

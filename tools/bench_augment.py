@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from engine.errors import exit_on_user_error  # noqa: E402
 from kernels import AugmentConfig, Augmenter, apply_reference, sample_params  # noqa: E402
 
 
@@ -228,6 +229,7 @@ def _print(args, rows: list[dict]) -> None:
                   f"{r['model']} bf16 training step: {r['step_ms']:.2f} ms; augmentation = {r['share_of_step']:.2%} of the step")
 
 
+@exit_on_user_error  # a mistake in the arguments or files: one line naming it, exit 2
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)

@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from engine.errors import exit_on_user_error  # noqa: E402
+
 LOADERS: dict[str, Callable] = {}
 EXTRA: dict = {}  # non-throughput figures (RSS, build speed) for the JSON
 
@@ -251,6 +253,7 @@ def bench_build(cfg, ctx, args) -> dict:
     return out
 
 
+@exit_on_user_error  # config, manifest or cache problems: one line naming the key/file/row, exit 2
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)

@@ -19,7 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.errors import exit_on_user_error  # noqa: E402  (after the path set-up above)
 
+
+@exit_on_user_error  # config, manifest or cache problems: one line naming the key/file/row, exit 2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML recipe")
@@ -38,19 +41,15 @@ def main(argv: list[str] | None = None) -> int:
                       required_splits=tuple(s for s in ("train",) + splits if s))
     status = 0
     for split in splits:
-        try:
-            if args.verify:
-                folder = cache_dir(cfg, cache_key(cfg, ctx, split))
-                if not folder.is_dir():
-                    raise CacheError(f"no {split} cache at {folder}; build it first")
-                report = verify_cache(folder)
-                print(report.line())
-                status |= bool(report.bad)
-            else:
-                print(build_cache(cfg, ctx, split, progress=not args.no_progress).line())
-        except CacheError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        if args.verify:
+            folder = cache_dir(cfg, cache_key(cfg, ctx, split))
+            if not folder.is_dir():
+                raise CacheError(f"no {split} cache at {folder}; build it first")
+            report = verify_cache(folder)
+            print(report.line())
+            status |= bool(report.bad)
+        else:
+            print(build_cache(cfg, ctx, split, progress=not args.no_progress).line())
     return int(status)
 
 

@@ -1,4 +1,4 @@
-"""Evaluate a run's checkpoint on a split; writes RUN_DIR/eval/<split>_<checkpoint>_{metrics.json,per_class.csv,predictions.csv}.
+"""Evaluate a run's checkpoint on a split; writes RUN_DIR/eval/<split>_<checkpoint>[_masked-<m>]_{metrics.json,per_class.csv,predictions.csv,probs.npz}.
 
     python tools/evaluate.py --run runs/demo [--split test] [--checkpoint best|last] [--section.key=value ...]
     deepspeed --num_gpus 2 tools/evaluate.py --run runs/demo     # same metrics on any number of ranks
@@ -19,10 +19,15 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from engine.errors import exit_on_user_error  # noqa: E402  (after the path set-up above)
+
 
 def load_run_config(run: Path, overrides: list[str]):
     from engine.config import load_config
+    from engine.errors import RunFolderError
 
+    if not (run / "config.yaml").is_file():
+        raise RunFolderError(f"--run {run}: no config.yaml there; is it a run folder (run.output_dir/run.name)?")
     return load_config(run / "config.yaml", overrides)
 
 
@@ -38,20 +43,43 @@ def without_batch_arithmetic(cfg):
     return dataclasses.replace(cfg, deepspeed=dataclasses.replace(cfg.deepspeed, extra=extra))
 
 
+def check_config_matches_checkpoint(run: Path, checkpoint: str) -> None:
+    """config.yaml (before overrides) must describe the checkpoint's model and data (the checkpoint keeps its own copy)."""
+    import json
+
+    from engine.errors import CheckpointError
+    from engine.training.checkpoint import checkpoint_config
+    from engine.training.preflight import model_differences
+
+    saved = checkpoint_config(run / "checkpoints", checkpoint)
+    if saved is None:  # written before checkpoints kept their config
+        return
+    now = json.loads(json.dumps(load_run_config(run, []).to_dict()))
+    diffs = [f"{k}: {old!r} in the checkpoint, {new!r} in config.yaml" for k, old, new in model_differences(saved, now)]
+    if saved.get("data", {}).get("manifest") != now["data"]["manifest"]:
+        diffs.append(f"data.manifest: {saved['data'].get('manifest')!r} in the checkpoint, {now['data']['manifest']!r} in "
+                     "config.yaml")
+    if diffs:
+        raise CheckpointError(f"{run / 'config.yaml'} does not describe checkpoint '{checkpoint}': " + "; ".join(diffs))
+
+
 def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overrides: list[str] | None = None) -> dict:
     from engine import hardware
     from engine.data.dataset import DataContext
     from engine.data.loaders import create_loader
     from engine.models import create_model
-    from engine.training.checkpoint import load_weights
+    from engine.training.checkpoint import load_weights, peek_state
     from engine.training.distributed import init_distributed
     from engine.training.loop import predict, split_metrics
     from engine.training.step import DevicePipe
     from engine.training.wrap import wrap_model
 
+    hardware.check_local_card()  # a card the installed torch has no kernels for: refused, naming the build to install
     cfg = without_batch_arithmetic(load_run_config(run, overrides or []))
-    dist = init_distributed()
+    peek_state(run / "checkpoints", checkpoint)  # no such checkpoint: say so before DeepSpeed starts
+    check_config_matches_checkpoint(run, checkpoint)
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length, required_splits=("train", split))
+    dist = init_distributed()
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
     precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
     engine, _, _ = wrap_model(model, cfg, dist.device, precision, dist.world, 1, cfg.optim.lr)
@@ -61,7 +89,10 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     rows, labels, probs = predict(engine, loader, pipe, dist, len(ctx.classes))
     metrics = split_metrics(labels, probs, ctx.classes, cfg, split)
     if dist.is_main:
-        _write(run / "eval", f"{split}_{checkpoint}", metrics, rows, labels, probs, ctx.classes, cfg.eval.topk, split)
+        from engine.workflows.reliance import eval_stem  # masked evaluations get their own files
+
+        _write(run / "eval", eval_stem(split, checkpoint, cfg.model.mask_modalities), metrics, rows, labels, probs,
+               ctx.classes, cfg.eval.topk, split)
     return metrics
 
 
@@ -70,6 +101,9 @@ def _write(out: Path, stem: str, metrics: dict, rows, labels, probs, classes: li
 
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2))
+    # every class's probability, for ensembles, out-of-fold tables and distillation targets (engine/workflows/)
+    np.savez(out / f"{stem}_probs.npz", rows=np.asarray(rows), labels=np.asarray(labels), probs=np.asarray(probs, np.float32),
+             classes=np.asarray(classes, dtype=str))
     with open(out / f"{stem}_per_class.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", "precision", "recall", "f1", "support"])
@@ -84,20 +118,15 @@ def _write(out: Path, stem: str, metrics: dict, rows, labels, probs, classes: li
             w.writerow([int(r), classes[y]] + [v for j in t for v in (classes[j], f"{p[j]:.6f}")])
 
 
+@exit_on_user_error  # a missing run/checkpoint, config, data: one line naming it, exit 2
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="run folder (holds config.yaml and checkpoints/)")
-    ap.add_argument("--split", default="val", help="val or test")
+    ap.add_argument("--split", default="val", choices=["train", "val", "test"])
     ap.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = ap.parse_known_args(argv)
-    from engine.config import ConfigError
-    from engine.train import input_errors
-
-    try:
-        metrics = evaluate_run(args.run, args.split, args.checkpoint, overrides)
-    except (ConfigError, FileNotFoundError, *input_errors()) as e:  # one message naming the file, not a traceback
-        ap.exit(2, f"error: {e}\n")
+    metrics = evaluate_run(args.run, args.split, args.checkpoint, overrides)
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(scalars, indent=2))

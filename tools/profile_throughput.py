@@ -19,7 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.errors import exit_on_user_error  # noqa: E402  (after the path set-up above)
 
+
+@exit_on_user_error  # a mistake in the config, data or files: one line naming it, exit 2
 def main(argv: list[str] | None = None) -> int:
     from engine.profiling import STAGES
 

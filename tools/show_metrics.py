@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 from pathlib import Path
 
-import re
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.errors import RunFolderError, exit_on_user_error  # noqa: E402  (after the path set-up above)
 
 
 def columns(records: list[dict]) -> tuple[str, ...]:
@@ -22,13 +26,14 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+@exit_on_user_error  # no such run, or no epoch finished yet: one line, exit 2
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("run_dir", type=Path)
-    run = ap.parse_args().run_dir
+    run = ap.parse_args(argv).run_dir
     metrics = run / "metrics.jsonl"
     if not metrics.exists():
-        raise SystemExit(f"{metrics} does not exist: has the run finished an epoch?")
+        raise RunFolderError(f"{metrics} does not exist: has the run finished an epoch (is {run} a run folder)?")
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     print(format_table(records))
     summary = run / "summary.json"

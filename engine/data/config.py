@@ -34,6 +34,9 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be positive or null, got {v}")
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        for key in ("image_column", "label_column", "split_column"):
+            if not getattr(self, key):
+                raise ValueError(f"data.{key} must name a manifest column, got {getattr(self, key)!r}")
         if self.group_captions and not self.text_column:
             raise ValueError("data.group_captions needs data.text_column (the captions)")
         if self.classes is not None:
@@ -64,6 +67,13 @@ class CacheConfig:
             raise ValueError(f"cache.stored_size must be >= 8, got {self.stored_size}")
         if self.workers < 0:
             raise ValueError(f"cache.workers must be >= 0, got {self.workers}")
+        if self.chunk_size <= 0:
+            raise ValueError(f"cache.chunk_size must be positive, got {self.chunk_size}")
+        if not self.dir:
+            raise ValueError("cache.dir must not be empty")
+        unknown = [s for s in self.splits if s not in ("train", "val", "test")]
+        if unknown:
+            raise ValueError(f"cache.splits: unknown split(s) {unknown} (one of ['train', 'val', 'test'])")
 
 
 @dataclass
@@ -88,6 +98,14 @@ class LoaderConfig:
             raise ValueError(f"loader.batch_size must be positive, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"loader.num_workers must be >= 0, got {self.num_workers}")
+        if self.eval_batch_size is not None and self.eval_batch_size <= 0:
+            raise ValueError(f"loader.eval_batch_size must be positive or null, got {self.eval_batch_size}")
+        if self.prefetch < 1:
+            raise ValueError(f"loader.prefetch must be >= 1, got {self.prefetch}")
+        if self.dali_prealloc_mb < 0:
+            raise ValueError(f"loader.dali_prealloc_mb must be >= 0, got {self.dali_prealloc_mb}")
+        if self.dali_hw_decoder_load is not None and not 0 <= self.dali_hw_decoder_load <= 1:
+            raise ValueError(f"loader.dali_hw_decoder_load must be in [0, 1] or null, got {self.dali_hw_decoder_load}")
         if (self.group_column is None) != (self.groups_per_batch is None):
             raise ValueError("loader.group_column and loader.groups_per_batch go together: set both or neither")
         if self.groups_per_batch is not None:

@@ -25,7 +25,10 @@ class ShardedLoader:
     def __init__(self, n: int, batch_size: int, train: bool, rank: int, world: int, seed: int,
                  sample_weights: Optional[np.ndarray] = None):
         if train and n < batch_size * world:
-            raise ValueError(f"{n} training samples cannot fill one batch of {batch_size} on each of {world} ranks")
+            from engine.config import ConfigError
+
+            raise ConfigError(f"loader.batch_size={batch_size}: {n} training samples cannot fill one batch of {batch_size} "
+                              f"on each of {world} ranks; lower loader.batch_size")
         self.n, self.batch_size, self.train = n, batch_size, train
         self.rank, self.world, self.seed = rank, world, seed
         self.sample_weights = sample_weights

@@ -14,12 +14,13 @@ from typing import Optional
 import numpy as np
 
 from engine.data.config import DataConfig
+from engine.errors import UserError
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest problem; the message names the file and the rows."""
 
 

@@ -27,6 +27,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_rank_world() -> tuple[int, int]:
+    """(rank, world size) as the launcher set them, readable before the process group exists."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_device() -> torch.device:
+    """The device this process trains on (the launcher's LOCAL_RANK-th card, or the CPU)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def init_distributed() -> DistInfo:
     """Join the DeepSpeed process group (launcher env), or form a group of one for `python engine/train.py`."""
     if "RANK" not in os.environ:  # plain single-process run: give DeepSpeed the env its launcher would
@@ -38,11 +50,9 @@ def init_distributed() -> DistInfo:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = local_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     return DistInfo(rank, world, local_rank, device)
 
 

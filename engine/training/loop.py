@@ -16,6 +16,7 @@ from engine import hardware
 from engine.config import Config
 from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
+from engine.errors import ConfigError, UserError
 from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
 from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
@@ -23,17 +24,18 @@ from engine.training.distributed import (DistInfo, all_gather_cat, average_buffe
 from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
+from engine.training.preflight import check_run
 from engine.training.run_dir import RunDir, provenance
 from engine.training.run_stats import run_statistics
 from engine.training.stages import keep_frozen_norms, stage_config, stage_lr, stage_named, stage_of
 from engine.training.step import DevicePipe, training_loss
-from engine.training.wrap import deepspeed_config, release, wrap_model
+from engine.training.wrap import release, wrap_model
 
 
 log = logging.getLogger(__name__)
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(UserError, RuntimeError):
+    """The loss or the weights became non-finite; the last good checkpoint is kept."""
 
 
 class Preempted(Exception):
@@ -53,12 +55,10 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
 def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = None,
           stop_after_step: Optional[int] = None) -> dict:
     """Train, evaluate each epoch, checkpoint; return the summary written to summary.json."""
+    checked = check_run(cfg, resume)  # the user's inputs, before DeepSpeed starts (minutes on a busy machine)
+    ctx, precision = checked.ctx, checked.precision
     dist = init_distributed()
     seed_everything(cfg.run.seed, dist.rank, cfg.run.deterministic)
-    precision = hardware.choose_precision(hardware.device_info(dist.device), cfg.train.precision)
-    deepspeed_config(cfg, precision, dist.world)  # fail on a pass-through typo before any data is read
-    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
-                      required_splits=("train", "val", "test") if cfg.eval.test else ("train", "val"))
     run = RunDir(cfg, dist.is_main)
     run.write_config(cfg, provenance(cfg, ctx.manifest.version, ctx.classes, dist.world, {"precision": precision}))
     train_loader = create_loader(cfg, ctx, "train", True, dist.rank, dist.world)
@@ -290,6 +290,7 @@ def _steps_per_epoch(cfg: Config, loader) -> int:
     if cfg.train.max_steps_per_epoch:
         batches = min(batches, cfg.train.max_steps_per_epoch * cfg.train.grad_accum)
     if batches < cfg.train.grad_accum:
-        raise ValueError(f"an epoch has {batches} batches per rank, fewer than train.grad_accum={cfg.train.grad_accum}")
+        raise ConfigError(f"train.grad_accum={cfg.train.grad_accum}: an epoch has {batches} batches per rank, fewer "
+                          "than one update; lower train.grad_accum")
     return batches // cfg.train.grad_accum
 

@@ -30,3 +30,20 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
         "confusion_matrix": confusion_matrix(labels, pred, labels=all_labels).tolist(),
         "num_samples": int(len(labels)),
     }
+
+
+CLASSIFICATION_METRICS = ("loss", "top1", "auc_macro", "f1_macro")  # + top{eval.topk}
+RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_rank", "median_rank")
+
+
+def expected_eval_metrics(cfg, split: str = "val") -> list[str]:
+    """The scalar metrics an evaluation of ``split`` logs for this config: what ``eval.metric`` may name.
+
+    The one list, checked when the config loads (a typo fails then, not after an epoch); a new objective
+    adds its names here.
+    """
+    if getattr(cfg.model, "task", "classification") == "retrieval":
+        names = list(RETRIEVAL_METRICS)
+    else:
+        names = [*CLASSIFICATION_METRICS[:2], f"top{cfg.eval.topk}", *CLASSIFICATION_METRICS[2:]]
+    return [f"{split}_{n}" for n in dict.fromkeys(names)]

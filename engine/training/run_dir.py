@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
 from engine.config import Config, save_config
+from engine.errors import RunFolderError
+
+log = logging.getLogger(__name__)
 
 
 def _git_commit() -> Optional[str]:
@@ -43,6 +49,54 @@ def provenance(cfg: Config, dataset_version: str, classes: list[str], world: int
     }
 
 
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` holds a run's results (a folder with only a config.yaml is a start that failed early)."""
+    checkpoints = path / "checkpoints"
+    return (path / "metrics.jsonl").exists() or (path / "summary.json").exists() or (
+        checkpoints.is_dir() and any(checkpoints.iterdir()))
+
+
+def check_run_folder(cfg: Config, resume: bool, is_main: bool) -> None:
+    """Before anything is written: a new run never replaces an old one (unless ``run.existing=keep_aside``),
+    ``--resume`` has something to resume, and the folder can be written."""
+    from engine.training.checkpoint import resolve_tag
+
+    path = cfg.run_dir
+    if resume:
+        if resolve_tag(path / "checkpoints", "last") is None:
+            raise RunFolderError(f"--resume: nothing to resume in {path} (no checkpoint 'last' under {path / 'checkpoints'}); "
+                                 "start without --resume, or point run.output_dir/run.name at the run to continue")
+    elif cfg.run.existing == "refuse" and holds_run(path):
+        raise RunFolderError(f"{path} already holds a run (checkpoints / metrics.jsonl); continue it with --resume, or "
+                             f"start a new one with --run.name=<fresh name> (--run.existing=keep_aside moves it aside)")
+    if is_main:
+        _check_writable(path)
+
+
+def move_old_run_aside(cfg: Config, resume: bool, is_main: bool) -> None:
+    """``run.existing=keep_aside``: rank 0 renames a previous run to ``<name>.prev-<time>`` (once every check passed)."""
+    path = cfg.run_dir
+    if resume or cfg.run.existing != "keep_aside" or not is_main or not holds_run(path):
+        return
+    aside = path.with_name(f"{path.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+    while aside.exists():
+        aside = aside.with_name(aside.name + "x")
+    path.rename(aside)
+    log.warning("run.existing=keep_aside: the previous run in %s was moved to %s", path, aside)
+
+
+def _check_writable(path: Path) -> None:
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise RunFolderError(f"run.output_dir={path.parent}: {existing} is a file, not a folder; choose another run.output_dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise RunFolderError(f"run.output_dir={path.parent}: cannot write in {existing} ({e.strerror or e}); "
+                             "choose a writable run.output_dir") from None
+
+
 class RunDir:
     """Files of one run; only rank 0 writes."""
 
@@ -57,8 +111,10 @@ class RunDir:
         return self.path / "checkpoints"
 
     def write_config(self, cfg: Config, prov: dict) -> None:
-        if self.is_main:
-            save_config(cfg, self.path / "config.yaml", prov)
+        if self.is_main:  # written whole or not at all: a kill here must not leave a run without its config
+            tmp = self.path / "config.yaml.tmp"
+            save_config(cfg, tmp, prov)
+            tmp.replace(self.path / "config.yaml")
 
     def log_metrics(self, record: dict, fresh: bool = False) -> None:
         if self.is_main:

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import UserError
+
 FORMAT_VERSION = 1
 ALIGN = 4096  # record alignment: page-aligned records map and flush independently
 IMAGES = "images.u8"
@@ -76,7 +78,7 @@ CAPTION_FIELDS: dict[str, np.dtype] = {
 }
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A cache is missing, stale, incomplete or corrupt; the message says how to rebuild it."""
 
 

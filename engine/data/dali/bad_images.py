@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
+from engine.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -40,5 +42,5 @@ def write_rejects(path: Path, rejects: list[dict]) -> None:
         w.writerows(rejects)
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError, ValueError):
     """A JPEG that DALI could not decode; the message names the file and its manifest row."""
