@@ -98,7 +98,12 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also save 'last' every N optimizer updates mid-epoch (0 = epoch ends only)
     log_every: int = 10  # steps between tqdm postfix / tensorboard points
     tensorboard: bool = True
-    wandb: bool = False  # only if wandb is installed
+    wandb: bool = False  # also log to Weights & Biases (pip install '.[wandb]'; a warning and no W&B without it)
+    wandb_project: str = "fusion"
+    wandb_entity: Optional[str] = None  # team or user; null = the logged-in default
+    wandb_group: Optional[str] = None  # groups runs in the UI (a sweep's variants, an OOF's folds)
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"  # offline: kept under RUN_DIR/wandb for `wandb sync`
 
     def __post_init__(self):
         if self.epochs <= 0:
@@ -124,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"train.max_steps_per_epoch must be positive or null, got {self.max_steps_per_epoch}")
         if self.log_every <= 0:
             raise ValueError(f"train.log_every must be positive (steps between log points), got {self.log_every}")
+        if not self.wandb_project.strip():
+            raise ValueError("train.wandb_project must not be empty")
         if self.stages:
             names = [s.name for s in self.stages]
             if len(set(names)) != len(names):

@@ -21,13 +21,10 @@ class Monitor:
 
             self.tb = SummaryWriter(log_dir=str(path / "tensorboard"))
         if cfg.train.wandb:
-            if importlib.util.find_spec("wandb") is None:
-                warnings.warn("train.wandb=true but wandb is not installed (pip install wandb); not logging there")
+            if importlib.util.find_spec("wandb") is None:  # a warning, not an error: only rank 0 gets here
+                warnings.warn("train.wandb=true but wandb is not installed (pip install '.[wandb]'); not logging there")
             else:
-                import wandb
-
-                self.wandb = wandb.init(project="fusion", name=cfg.run.name, dir=str(path), config=cfg.to_dict(),
-                                        resume="allow" if resume else None)
+                self.wandb = _wandb_run(cfg, path, resume)
 
     def scalars(self, values: dict, step: int) -> None:
         values = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -42,6 +39,19 @@ class Monitor:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _wandb_run(cfg: Config, path: Path, resume: bool):
+    """A W&B run named after the run folder; its id is kept in RUN_DIR/wandb_id so --resume continues the same one."""
+    import wandb
+
+    id_file = path / "wandb_id"
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    t = cfg.train
+    return wandb.init(project=t.wandb_project, entity=t.wandb_entity, group=t.wandb_group, tags=list(t.wandb_tags) or None,
+                      mode=t.wandb_mode, name=cfg.run.name, id=run_id, dir=str(path), config=cfg.to_dict(),
+                      resume="allow" if resume else None)
 
 
 def plot_curves(records: list[dict], path: Path) -> None:
