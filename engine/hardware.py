@@ -4,17 +4,27 @@ The engine runs on CPUs (CI, laptops), Pascal (sm_60/61), Volta/Turing
 (sm_70/75) and Ampere/Hopper (sm_80/90).  Code elsewhere never reads
 ``torch.cuda.get_device_capability`` itself: it asks this module, so a test can
 force any card with ``ENGINE_FORCE_CAPABILITY`` ("6.1", "7.0", "8.0", "9.0" or
-"cpu") and check what the engine would do there.
+"cpu") and check what the engine would do there; ``ENGINE_FORCE_ARCH_LIST``
+("sm_75,sm_80" ...) stands in for ``torch.cuda.get_arch_list()``, the kernels the
+installed torch was built with.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from engine.errors import UserError
+
 FORCE_ENV = "ENGINE_FORCE_CAPABILITY"
+FORCE_ARCH_ENV = "ENGINE_FORCE_ARCH_LIST"
+
+
+class UnsupportedDeviceError(UserError, RuntimeError):
+    """The installed torch cannot run on this card; the message says which build to install."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,70 @@ def device_info(device: Optional[torch.device | str] = None) -> DeviceInfo:
     return DeviceInfo("cuda", (cap[0], cap[1]), torch.cuda.get_device_name(device))
 
 
+# --- does the installed torch have kernels for the card? ---------------------------------
+
+# PyTorch's CUDA 12.6 wheels are its newest with Pascal and Volta kernels (sm_50 ... sm_90); the CUDA 12.8+ and 13
+# builds start at sm_70 / sm_75. README.md, "Pascal and Volta", says how to install them.
+OLD_CARD_TORCH_INDEX = "cu126"
+OLD_CARD_INSTALL = f"make install TORCH_INDEX={OLD_CARD_TORCH_INDEX} (https://download.pytorch.org/whl/{OLD_CARD_TORCH_INDEX})"
+
+
+def torch_arch_list(arch_list: Optional[list[str]] = None) -> list[str]:
+    """The CUDA architectures the installed torch has code for: ``arch_list``, else ENGINE_FORCE_ARCH_LIST, else torch's."""
+    if arch_list is not None:
+        return list(arch_list)
+    forced = os.environ.get(FORCE_ARCH_ENV)
+    if forced is not None:
+        return [a.strip() for a in forced.split(",") if a.strip()]
+    return list(torch.cuda.get_arch_list())
+
+
+def _parse_arch(arch: str) -> Optional[tuple[str, tuple[int, int], str]]:
+    """'sm_86' -> ('sm', (8, 6), ''); 'compute_90' -> PTX; 'sm_90a' / 'sm_100f' -> arch- / family-specific."""
+    m = re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", arch.strip())
+    return (m.group(1), (int(m.group(2)), int(m.group(3))), m.group(4)) if m else None
+
+
+def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
+    """CUDA's compatibility rules: an sm_XY binary runs on X.Z for Z >= Y (same major; 'a' variants on X.Y only);
+    compute_XY PTX is JIT-compiled by the driver for any capability >= X.Y."""
+    parsed = _parse_arch(arch)
+    if parsed is None:
+        return False
+    kind, (major, minor), suffix = parsed
+    if kind == "compute":
+        return capability >= (major, minor)
+    if suffix == "a":
+        return capability == (major, minor)
+    return capability[0] == major and capability[1] >= minor
+
+
+def check_torch_kernels(info: DeviceInfo, arch_list: Optional[list[str]] = None) -> None:
+    """Refuse to start on a card the installed torch has no kernels for (it would fail at the first CUDA op with
+    'no kernel image is available'), naming the card and the build to install. Nothing to check on CPU."""
+    if info.kind != "cuda":
+        return
+    archs = torch_arch_list(arch_list)
+    if not archs or any(arch_runs_on(a, info.capability) for a in archs):
+        return  # an empty list: torch built without CUDA, nothing to compare with
+    major, minor = info.capability
+    build = (OLD_CARD_INSTALL if info.capability < (7, 5) else "a torch build whose torch.cuda.get_arch_list() "
+             f"has sm_{major}{minor} (or sm_{major}x with x <= {minor}, or PTX compute_XY <= {major}.{minor})")
+    raise UnsupportedDeviceError(
+        f"{info.name} (compute capability {major}.{minor}) cannot run torch {torch.__version__}: it has kernels for "
+        f"{', '.join(archs)} only. Install {build}; see README.md, 'Pascal and Volta'"
+    )
+
+
+def check_local_card(arch_list: Optional[list[str]] = None) -> DeviceInfo:
+    """First thing at training / evaluation start, on every rank: this process's card (the launcher's LOCAL_RANK-th)
+    must have kernels in the installed torch (``check_torch_kernels``). Returns its DeviceInfo."""
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
+    info = device_info(device)
+    check_torch_kernels(info, arch_list)
+    return info
+
+
 # --- precision -----------------------------------------------------------------
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -87,9 +161,20 @@ def choose_precision(info: DeviceInfo, requested: str = "auto") -> str:
             f"train.precision=bf16 refused on {info.name}: bf16 needs compute capability >= 8.0 "
             f"(it is only emulated before); use 'auto' ({auto}) or 'fp16'/'fp32'"
         )
-    if requested == "fp16" and info.family == "cpu":
-        raise ValueError("train.precision=fp16 refused on CPU: half-precision matmuls are unsupported or very slow there; use 'fp32' or 'bf16'")
+    if requested == "fp16" and info.family == "cpu" and not cpu_fp16_supported():
+        raise ValueError(
+            "train.precision=fp16 refused on CPU without oneDNN fp16 kernels (AVX512-FP16 / AMX-FP16): DeepSpeed's fp16 "
+            "engine refuses such a CPU itself (torch.ops.mkldnn._is_mkldnn_fp16_supported() is False here); use 'bf16' or 'fp32'")
     return requested
+
+
+def cpu_fp16_supported() -> bool:
+    """DeepSpeed's own test before its CPU accelerator takes fp16: oneDNN has fp16 kernels for this CPU (AVX512-FP16 /
+    AMX-FP16, e.g. Sapphire Rapids on). Where it has them the fp16 engine, loss scaler included, trains on CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def torch_dtype(precision: str) -> torch.dtype:
