@@ -190,7 +190,7 @@ def _row_losses(logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor
     # clamped below at n * exp(-scale) (every negative at cosine -1); loss = -log(exp(l+) / (exp(l+) + Ng)).
     n = logits.shape[1] - 1
     negatives = logits.masked_fill(is_positive, -math.inf)
-    log_weights = F.log_softmax(beta * negatives, dim=1) + math.log(n)  # log(imp), mean 1 over the negatives
+    log_weights = F.log_softmax((beta * logits).masked_fill(is_positive, -math.inf), dim=1) + math.log(n)  # mean(imp) = 1
     log_reweighted = torch.logsumexp(log_weights + negatives, dim=1)
     floor = math.log(n) - scale
     if tau_plus:
