@@ -180,6 +180,7 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
         raise ManifestError(f"{path}: {len(missing_files)} image files do not exist under {root}: {_examples(missing_files)}")
 
     raw_labels = _canonical_labels([_label_text(r[cfg.label_column]) for r in rows])
+    _warn_untrainable_rows(path, rows, splits, raw_labels, labels_bounded=cfg.classes is not None)
     if cfg.group_captions:
         _refuse_caption_conflicts(path, rows, cfg.image_column, splits, raw_labels)
     else:
@@ -270,6 +271,25 @@ def other_pool(m: Manifest, cfg: DataConfig, raw_labels: list[str], seed: int) -
     labels = np.array([-1 if out else lookup[cfg.other_name if o else v]
                        for v, o, out in zip(raw_labels, is_other, left_out)], dtype=np.int64)
     return Manifest(m.path, m.root, m.rows, classes, labels, m.splits, m.version, left_out, counts)
+
+
+def _warn_untrainable_rows(path: Path, rows: list[dict], splits: np.ndarray, labels: list[str], labels_bounded: bool) -> None:
+    """A label seen only in val/test can never be predicted (its score is pure loss); an exact copy of a row within
+    a split counts that sample twice (a concatenated export). Reported, not refused: the user decides."""
+    in_train = {lab for lab, s in zip(labels, splits) if s == "train"}
+    unseen: dict[str, list[str]] = {}
+    copies: dict[tuple, list[str]] = {}
+    for r, lab, split in zip(rows, labels, splits):
+        if split != "train" and lab not in in_train:
+            unseen.setdefault(lab, []).append(str(r["_line"]))
+        copies.setdefault((split, *sorted((k, str(v)) for k, v in r.items() if k != "_line")), []).append(str(r["_line"]))
+    if unseen and not labels_bounded:
+        log.warning("%s: %d labels appear only in val/test, never in train (the model cannot learn them): %s", path,
+                    len(unseen), _examples([f"{lab!r} (lines {_examples(lines, 3)})" for lab, lines in unseen.items()]))
+    dups = [f"{key[0]} lines {', '.join(lines[:4])}" for key, lines in copies.items() if len(lines) > 1]
+    if dups:
+        log.warning("%s: %d rows are exact copies of another row of their split (counted twice): %s", path, len(dups),
+                    _examples(dups))
 
 
 def _warn_duplicate_images(path: Path, rows: list[dict], column: str, splits: np.ndarray, labels: list[str]) -> None:

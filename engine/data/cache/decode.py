@@ -6,13 +6,18 @@ tests compare the cache against.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 RESAMPLE = Image.Resampling.LANCZOS  # antialiased; the cache is built once, so quality over speed
 REDUCING_GAP = 3.0  # Pillow box-reduces first when the source is > 3x the target (non-JPEG fast path)
 PAD_FILL = (0, 0, 0)  # "pad" policy border colour
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as image viewers do
+UPSCALE_WARNING = 4.0  # a source blown up more than this (a thumbnail, a 1x1 placeholder) is reported
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -55,6 +60,9 @@ def decode_resized(path: str, size: int, policy: str = "crop", draft: bool = Tru
         im = ImageOps.exif_transpose(im)
         im = to_rgb(im)
         w, h = im.size
+        upscale = size / (min(w, h) if policy == "crop" else max(w, h))
+        if upscale > UPSCALE_WARNING:  # decodes fine, but holds next to no picture: a placeholder or broken export?
+            log.warning("%s: %dx%d pixels, upscaled %.0fx to %dx%d", path, w, h, upscale, size, size)
         if policy == "crop":
             side = min(w, h)
             left, top = (w - side) / 2, (h - side) / 2
