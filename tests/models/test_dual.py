@@ -192,10 +192,10 @@ def test_momentum_update_accumulates_in_fp32_for_bf16_weights(tiny_bert):
     start = slow.float().clone()
     with torch.no_grad():
         target.add_(1.0)
-    for _ in range(100):
+    for _ in range(40):
         model.momentum_update()
     moved = (slow.float() - start).mean().item()
-    assert abs(moved - (1 - 0.995 ** 100)) < 0.02  # each 0.005 step alone is below bf16's resolution near 1
+    assert abs(moved - (1 - 0.995 ** 40)) < 0.02  # each 0.005 step alone is below bf16's resolution near 1
 
 
 def test_queue_larger_than_the_data_is_refused():
