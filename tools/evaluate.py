@@ -86,6 +86,14 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     load_weights(engine, run / "checkpoints", checkpoint)
     pipe = DevicePipe.for_device(cfg, dist.device, precision)
     loader = create_loader(cfg, ctx, split, False, dist.rank, dist.world)
+    if cfg.model.task == "retrieval":  # a dual encoder: recall@K both ways, ranks (and zero-shot with a prompt)
+        from engine.training.retrieval import evaluate_retrieval
+
+        metrics = evaluate_retrieval(engine, loader, pipe, ctx, cfg, dist, split)
+        if dist.is_main:
+            (run / "eval").mkdir(parents=True, exist_ok=True)
+            (run / "eval" / f"{split}_{checkpoint}_metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
     rows, labels, probs = predict(engine, loader, pipe, dist, len(ctx.classes))
     metrics = split_metrics(labels, probs, ctx.classes, cfg, split)
     if dist.is_main:

@@ -148,10 +148,15 @@ class EvalConfig:
     mode: Literal["min", "max", "auto"] = "auto"  # auto: min for *loss, max otherwise
     test: bool = False  # also evaluate the test split at the end
     topk: int = 3
+    # retrieval runs: also classify each image zero-shot against one prompt per class, e.g. "a photo of {}"
+    # (metrics {split}_zeroshot_top1, _f1_macro, ...); null = off
+    zero_shot_prompt: Optional[str] = None
 
     def __post_init__(self):
         if self.topk < 1:
             raise ValueError(f"eval.topk must be >= 1, got {self.topk}")
+        if self.zero_shot_prompt is not None and "{}" not in self.zero_shot_prompt:
+            raise ValueError(f"eval.zero_shot_prompt={self.zero_shot_prompt!r} needs a '{{}}' where the class name goes")
 
     def better(self, new: float, old: Optional[float]) -> bool:
         if old is None:

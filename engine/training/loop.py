@@ -20,13 +20,14 @@ from engine.errors import ConfigError, UserError
 from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
 from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
-                                         restore_buffers)
+                                         launch_rank_world, restore_buffers)
 from engine.training.metrics import classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
 from engine.training.preflight import check_run
 from engine.training.run_dir import RunDir, provenance
 from engine.training.run_stats import run_statistics
+from engine.training.retrieval import RETRIEVAL_METRICS, check_inputs
 from engine.training.stages import keep_frozen_norms, stage_config, stage_lr, stage_named, stage_of
 from engine.training.step import DevicePipe, training_loss
 from engine.training.wrap import release, wrap_model
@@ -58,6 +59,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     hardware.check_local_card()  # a card the installed torch has no kernels for: refused, naming the build to install
     checked = check_run(cfg, resume)  # the user's inputs, before DeepSpeed starts (minutes on a busy machine)
     ctx, precision = checked.ctx, checked.precision
+    check_inputs(cfg, ctx, launch_rank_world()[1])  # tower input size / normalisation, a retrieval run's queue
     dist = init_distributed()
     seed_everything(cfg.run.seed, dist.rank, cfg.run.deterministic)
     run = RunDir(cfg, dist.is_main)
@@ -103,7 +105,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
                                       dist, epoch, steps_per_epoch, len(ctx.classes),
                                       weights, monitor, save_last, stop_after_step)
             average_buffers(engine.module)  # one set of BatchNorm statistics for evaluation and the checkpoint
-            val = evaluate(engine, val_loader, pipe, ctx.classes, cfg, dist, "val")
+            val = evaluate(engine, val_loader, pipe, ctx, cfg, dist, "val")
             state.epoch = epoch + 1
             improved = _track_best(cfg, state, val)
             record = {"epoch": epoch + 1, "step": state.global_step, "stage": state.stage, **train_stats, **_scalars(val),
@@ -147,6 +149,8 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         engine.step()
+        if boundary and hasattr(engine.module, "momentum_update"):
+            engine.module.momentum_update()  # dual encoder: the momentum towers follow the updated ones
         losses.append(loss.item())
         seen += batch.size
         step_time += time.perf_counter() - t_step
@@ -213,9 +217,14 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], cfg
     return {f"{split}_loss": loss, **{f"{split}_{k}": v for k, v in metrics.items()}}
 
 
-def evaluate(engine, loader, pipe: DevicePipe, classes: list[str], cfg: Config, dist: DistInfo, split: str) -> dict:
-    _, labels, probs = predict(engine, loader, pipe, dist, len(classes))
-    return split_metrics(labels, probs, classes, cfg, split)
+def evaluate(engine, loader, pipe: DevicePipe, ctx: DataContext, cfg: Config, dist: DistInfo, split: str) -> dict:
+    """The split's metrics, keys prefixed by the split: classification, or retrieval (model.task=retrieval)."""
+    if cfg.model.task == "retrieval":
+        from engine.training.retrieval import evaluate_retrieval
+
+        return evaluate_retrieval(engine, loader, pipe, ctx, cfg, dist, split)
+    _, labels, probs = predict(engine, loader, pipe, dist, len(ctx.classes))
+    return split_metrics(labels, probs, ctx.classes, cfg, split)
 
 
 def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistInfo, run: RunDir, state: TrainState,
@@ -224,7 +233,7 @@ def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistIn
     test = None
     if cfg.eval.test:
         load_weights(engine, run.checkpoints, "best")
-        test = evaluate(engine, create_loader(cfg, ctx, "test", False, dist.rank, dist.world), pipe, ctx.classes, cfg, dist, "test")
+        test = evaluate(engine, create_loader(cfg, ctx, "test", False, dist.rank, dist.world), pipe, ctx, cfg, dist, "test")
         run.write_json("test_metrics.json", {"checkpoint": "best", **test})
     monitor.close()
     if dist.is_main:
@@ -276,7 +285,8 @@ def _track_best(cfg: Config, state: TrainState, metrics: dict) -> bool:
 
 def _summary(run: RunDir, state: TrainState, test: Optional[dict] = None) -> dict:
     records = run.read_metrics() if run.is_main else []
-    keys = ("val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro", "train_loss")
+    keys = ("val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro", "train_loss",
+            *(f"val_{k}" for k in RETRIEVAL_METRICS))
     pick = lambda r: {k: r[k] for k in keys if k in r}  # noqa: E731
     best = next((r for r in records if r["epoch"] == state.best_epoch), records[-1] if records else {})
     out = {"epochs": state.epoch, "final": pick(records[-1]) if records else {}, "best": {"epoch": state.best_epoch, **pick(best)},

@@ -43,7 +43,9 @@ def expected_eval_metrics(cfg, split: str = "val") -> list[str]:
     adds its names here.
     """
     if getattr(cfg.model, "task", "classification") == "retrieval":
-        names = list(RETRIEVAL_METRICS)
+        names = [*RETRIEVAL_METRICS, "rsum", "i2t_mean_rank", "i2t_median_rank", "t2i_mean_rank", "t2i_median_rank"]
+        if cfg.eval.zero_shot_prompt:
+            names += ["zeroshot_top1", f"zeroshot_top{cfg.eval.topk}", "zeroshot_auc_macro", "zeroshot_f1_macro"]
     else:
         names = [*CLASSIFICATION_METRICS[:2], f"top{cfg.eval.topk}", *CLASSIFICATION_METRICS[2:]]
     return [f"{split}_{n}" for n in dict.fromkeys(names)]

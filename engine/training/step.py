@@ -89,6 +89,9 @@ def training_loss(model, out, targets: torch.Tensor, cfg: Config,
 
     Returns (total, parts); ``parts`` names every term for logging.
     """
+    if cfg.model.task == "retrieval":  # a dual encoder's own contrastive loss (queue, hard negatives), no labels
+        total, parts = model.loss(out)
+        return total.float(), {k: v.float() for k, v in parts.items()}
     if class_weights is not None:
         class_weights = class_weights.to(out.logits.device)
     parts = {"cls": classification_loss(out.logits, targets, cfg, class_weights)}
