@@ -237,3 +237,30 @@ def dali_decoder_defaults(info: DeviceInfo) -> dict:
         return {"device": "cpu", "hw_decoder_load": 0.0}
     has_hw = info.capability in ((8, 0), (9, 0))
     return {"device": "mixed", "hw_decoder_load": 0.75 if has_hw else 0.0}
+
+
+CACHE_DECODERS = ("auto", "pil", "dali")
+
+
+def choose_cache_decoder(info: DeviceInfo, requested: str = "auto") -> dict:
+    """cache.decoder: what fills the flash decode cache. {"decoder": "pil"} or {"decoder": "dali", "device", "hw_decoder_load"}.
+
+    auto: DALI on a CUDA card (nvJPEG; the hardware decoder on A100/H100/H200), Pillow on CPU: DALI's CPU decoder
+    decodes every JPEG at full size, Pillow's DCT draft at 1/2-1/8 of it, so Pillow is the faster per core
+    (docs/benchmarks.md: 45-62 against 27 img/s on the demo photos); and Pillow when DALI is not installed.
+    dali on CPU runs DALI's CPU operators (tests).
+    """
+    if requested not in CACHE_DECODERS:
+        raise ValueError(f"cache.decoder={requested!r}: choose one of {CACHE_DECODERS}")
+    if requested == "pil" or (requested == "auto" and (info.kind == "cpu" or not _dali_installed())):
+        return {"decoder": "pil"}
+    return {"decoder": "dali", **dali_decoder_defaults(info)}
+
+
+def _dali_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no nvidia namespace at all
+        return False

@@ -61,6 +61,7 @@ class CacheConfig:
     workers: int = 0  # build processes; 0 = all cores
     draft: bool = True  # libjpeg DCT-domain downscaling while decoding big JPEGs
     chunk_size: int = 64  # records per unit of work (and of resumable progress)
+    decoder: Literal["auto", "pil", "dali"] = "auto"  # Pillow, or DALI (nvJPEG on a GPU); auto: DALI on a GPU, Pillow on CPU
 
     def __post_init__(self):
         if self.stored_size < 8:

@@ -3,7 +3,7 @@
 Build protocol (safe against a kill at any moment, SIGKILL included):
 
 1. everything is written under ``<name>.partial/``; ``key.json`` there pins the
-   key and the chunk size the build was started with;
+   key, the chunk size and the decoder (cache.decoder) the build was started with;
 2. ``images.u8`` is created at its final size; pool workers decode chunks of
    ``chunk_size`` records and write them straight at their offsets, flush
    them, then atomically write ``chunks/<k>.json`` (checksums + rejects of
@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from engine.data.cache import format as fmt
-from engine.data.cache.decode import decode_resized
+from engine.data.cache.decode_dali import chunk_decoder, decoder_tag
 
 DELAY_ENV = "ENGINE_CACHE_CHUNK_DELAY"  # test hook: seconds to sleep after each chunk (lets a kill land mid-build)
 
@@ -76,10 +76,12 @@ class BuildSummary:
 _W: dict = {}
 
 
-def _init_worker(images: str, n: int, size: int, policy: str, draft: bool, chunks: str, on_bad: str) -> None:
+def _init_worker(images: str, n: int, size: int, policy: str, draft: bool, chunks: str, on_bad: str,
+                 decoder: dict, threads: int) -> None:
     stride = fmt.record_stride(size)
     mm, view = fmt.open_records(Path(images), n, stride, writable=True)
-    _W.update(mm=mm, view=view, size=size, stride=stride, policy=policy, draft=draft, chunks=Path(chunks), on_bad=on_bad)
+    _W.update(mm=mm, view=view, size=size, stride=stride, policy=policy, draft=draft, chunks=Path(chunks), on_bad=on_bad,
+              decode=chunk_decoder(decoder, size, policy, draft, threads))
 
 
 def _build_chunk(job: tuple[int, int, list[str]]) -> tuple[int, int, list[dict]]:
@@ -87,10 +89,13 @@ def _build_chunk(job: tuple[int, int, list[str]]) -> tuple[int, int, list[dict]]
     k, start, paths = job
     view, size, payload = _W["view"], _W["size"], fmt.record_bytes(_W["size"])
     sums, rejects = [], []
+    images = _W["decode"](paths)  # an array or the exception per path: Pillow file by file, or DALI (cache.decoder)
     for i, path in enumerate(paths):
         rec = start + i
         try:
-            img = decode_resized(path, size, _W["policy"], _W["draft"])
+            img = images[i]
+            if isinstance(img, Exception):
+                raise img
             view[rec, :payload] = img.reshape(-1)
         except Exception as e:  # noqa: BLE001 -- any decode failure is a bad image, reported with its reason
             view[rec, :payload] = 0
@@ -141,42 +146,52 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
         summary = _reuse_pixels(source, partial, final, key, data, size, cfg, fingerprint)
         summary.seconds = time.perf_counter() - t0
         return summary
-    chunk_size = _prepare_partial(partial, key, n, stride, cfg.cache.chunk_size)
+    from engine import hardware
+
+    decoder = hardware.choose_cache_decoder(hardware.device_info(), cfg.cache.decoder)
+    chunk_size = _prepare_partial(partial, key, n, stride, cfg.cache.chunk_size, decoder_tag(decoder))
     chunks = partial / fmt.CHUNKS
     n_chunks = -(-n // chunk_size)
     done = {int(p.stem) for p in chunks.glob("*.json")}
     jobs = [(k, k * chunk_size, data.paths[k * chunk_size : (k + 1) * chunk_size]) for k in range(n_chunks) if k not in done]
-    decoded = _run_jobs(jobs, partial, n, cfg, split, data, workers, progress, n - sum(len(j[2]) for j in jobs))
+    decoded = _run_jobs(jobs, partial, n, cfg, split, data, workers, progress, n - sum(len(j[2]) for j in jobs), decoder)
     summary = _finish(partial, final, key, data, size, n_chunks, fingerprint)
     summary.seconds, summary.decoded = time.perf_counter() - t0, decoded
     return summary
 
 
-def _prepare_partial(partial: Path, key: fmt.CacheKey, n: int, stride: int, chunk_size: int) -> int:
-    """Create or reopen ``partial``; return the chunk size its progress files use."""
+def _prepare_partial(partial: Path, key: fmt.CacheKey, n: int, stride: int, chunk_size: int, decoder: str = "pil") -> int:
+    """Create or reopen ``partial``; return the chunk size its progress files use. Only the decoder that wrote its
+    chunks continues them (another one's records would not be byte-identical)."""
     key_file = partial / fmt.KEY_FILE
     if key_file.is_file():
         pinned = json.loads(key_file.read_text())
         images = partial / fmt.IMAGES
-        if pinned.get("key") == key.to_dict() and images.is_file() and images.stat().st_size == n * stride:
+        if (pinned.get("key") == key.to_dict() and pinned.get("decoder", "pil") == decoder and images.is_file()
+                and images.stat().st_size == n * stride):
             return int(pinned["chunk_size"])
     shutil.rmtree(partial, ignore_errors=True)  # unusable leftovers: start this build afresh
     (partial / fmt.CHUNKS).mkdir(parents=True)
     with open(partial / fmt.IMAGES, "wb") as f:
         f.truncate(n * stride)  # sparse: untouched records read as zeros
-    _atomic_write(key_file, json.dumps({"key": key.to_dict(), "chunk_size": chunk_size}, sort_keys=True))
+    _atomic_write(key_file, json.dumps({"key": key.to_dict(), "chunk_size": chunk_size, "decoder": decoder}, sort_keys=True))
     return chunk_size
 
 
-def _run_jobs(jobs, partial: Path, n: int, cfg, split: str, data, workers: Optional[int], progress: bool, already: int) -> int:
+def _run_jobs(jobs, partial: Path, n: int, cfg, split: str, data, workers: Optional[int], progress: bool, already: int,
+              decoder: Optional[dict] = None) -> int:
     if not jobs:
         return 0
     from tqdm import tqdm
 
     workers = workers or cfg.cache.workers or os.cpu_count() or 1
+    decoder = decoder or {"decoder": "pil"}
+    threads = 1
+    if decoder["decoder"] == "dali":  # one process drives one pipeline (one GPU context) with a thread per core
+        workers, threads = 1, workers
     workers = max(1, min(workers, len(jobs)))
     init = (str(partial / fmt.IMAGES), n, cfg.cache.stored_size, cfg.cache.resize_policy, cfg.cache.draft,
-            str(partial / fmt.CHUNKS), cfg.data.on_bad_image)
+            str(partial / fmt.CHUNKS), cfg.data.on_bad_image, decoder, threads)
     decoded = 0
     context = get_context("fork" if os.name == "posix" else "spawn")
     with tqdm(total=n, initial=already, unit="img", desc=f"cache {split}", disable=not progress, smoothing=0.1) as bar, \
@@ -286,6 +301,7 @@ def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: 
         "fields": {name: {"dtype": str(dt), "shape": list(getattr(data, name).shape)} for name, dt in fields.items()},
         "checksum": "zlib.crc32 of each record's payload",
         "pixels_from": pixels_from,
+        "decoder": _pinned_decoder(partial),  # what decoded these pixels; null when they are pixels_from's
         "images_fingerprint": fingerprint,
         "versions": fmt.library_versions(),
     }
@@ -302,6 +318,11 @@ def record_fields(data) -> dict:
     """The per-record fields a cache of ``data`` (a SplitData) stores: ``FIELDS``, plus ``CAPTION_FIELDS`` when
     its samples are images with several captions (data.group_captions)."""
     return {**fmt.FIELDS, **(fmt.CAPTION_FIELDS if data.caption_ids is not None else {})}
+
+
+def _pinned_decoder(partial: Path) -> Optional[str]:
+    key_file = partial / fmt.KEY_FILE
+    return json.loads(key_file.read_text()).get("decoder", "pil") if key_file.is_file() else None
 
 
 def _fsync_dir(path: Path) -> None:
