@@ -151,13 +151,15 @@ class DualEncoderModel(nn.Module):
                 out.queued_image, out.queued_text = out.image_emb.detach(), out.text_emb.detach()
         return out
 
-    def loss(self, out: DualOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total, parts) in fp32: the contrastive loss of ``model.contrastive_loss`` / ``hard_negatives`` (read
-        now: a stage may change them), with the queue's negatives. In training the global batch is then queued."""
+    def loss(self, out: DualOutput, cfg: Optional[ModelConfig] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total, parts) in fp32: the contrastive loss of ``model.contrastive_loss`` / ``hard_negatives`` with the
+        queue's negatives; in training the global batch is then queued. Loss keys are read at this call, from
+        ``cfg`` (a stage's model config with its overrides) or else ``self.cfg``."""
         queue_image = queue_text = None
         if hasattr(self, "queue"):
             queue_image, queue_text = self.queue.negatives()
-        loss = contrastive_loss(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias, self.cfg, queue_image, queue_text)
+        loss = contrastive_loss(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias, cfg or self.cfg,
+                                queue_image, queue_text)
         if out.queued_image is not None:
             self.queue.enqueue(gather_detached(out.queued_image), gather_detached(out.queued_text))
         return loss, {"contrastive": loss}

@@ -148,21 +148,23 @@ class FusionModel(nn.Module):
             out.embeddings = {"image": image, "text": text}
         return out
 
-    def auxiliary_losses(self, out: FusionOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def auxiliary_losses(self, out: FusionOutput, labels: torch.Tensor, cfg: Optional[ModelConfig] = None) -> dict[str, torch.Tensor]:
         """Already-weighted scalar losses to add to the classification loss.
 
         ``aux_<modality>``: cross-entropy of each auxiliary head x aux_loss_weight (each, not averaged);
         ``contrastive``: image-text contrastive loss (model.contrastive_loss, hard_negatives) x contrastive_weight.
-        Labels are class indices [B] or
-        probabilities [B, C]. Empty when both weights are 0.
+        Labels are class indices [B] or probabilities [B, C]. Empty when both weights are 0. Weights and loss keys
+        are read now, from ``cfg`` (a stage's model config with its overrides) or else ``self.cfg``; a head the
+        model was built without (weight 0 at construction) stays off.
         """
         losses = {}
-        if self.cfg.aux_loss_weight > 0:
+        cfg = cfg or self.cfg
+        if cfg.aux_loss_weight > 0 and out.aux_logits:
             for m, logits in out.aux_logits.items():
-                losses[f"aux_{m}"] = self.cfg.aux_loss_weight * soft_cross_entropy(logits, labels)
-        if self.cfg.contrastive_weight > 0 and out.embeddings:
-            losses["contrastive"] = self.cfg.contrastive_weight * contrastive_loss(
-                out.embeddings["image"], out.embeddings["text"], out.logit_scale, out.logit_bias, self.cfg)
+                losses[f"aux_{m}"] = cfg.aux_loss_weight * soft_cross_entropy(logits, labels)
+        if cfg.contrastive_weight > 0 and out.embeddings:
+            losses["contrastive"] = cfg.contrastive_weight * contrastive_loss(
+                out.embeddings["image"], out.embeddings["text"], out.logit_scale, out.logit_bias, cfg)
         return losses
 
     # --- training stages -----------------------------------------------------------------------

@@ -131,6 +131,8 @@ def test_loss_reads_hard_negative_settings_at_call_time(tiny_bert):
     with torch.no_grad():
         out = model(*inputs())
         plain = model.loss(out)[0]
+        stage_cfg = replace(model.cfg, hard_negatives="semihard")  # a stage's model config, passed to the loss
+        assert not torch.allclose(model.loss(out, stage_cfg)[0], plain) and model.cfg.hard_negatives == "none"
         model.cfg = replace(model.cfg, hard_negatives="weighted", hard_negative_beta=2.0)  # a stage's override
         weighted = model.loss(out)[0]
         model.cfg.hard_negative_beta = -1.0  # mutated in place: still checked
