@@ -29,10 +29,16 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $@
 
+# DeepSpeed's launcher listens on 29500 unless told otherwise; on a machine shared with other jobs that port is
+# often taken, so the demo asks the OS for a free one (MASTER_PORT=N make demo picks it). A second `make demo` keeps
+# the previous runs/demo aside as runs/demo.prev-<time> rather than refusing to start over it.
+FREE_PORT = $(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+
 demo: $(STAMP)
 	$(PY) tools/make_demo_data.py $(DEMO_DATA)
 	$(PY) tools/build_cache.py --config configs/demo.yaml
-	$(VENV)/bin/deepspeed --num_gpus 1 engine/train.py --config configs/demo.yaml
+	$(VENV)/bin/deepspeed --num_gpus 1 --master_port $${MASTER_PORT:-$$($(FREE_PORT))} engine/train.py \
+		--config configs/demo.yaml --run.existing=keep_aside
 	$(PY) tools/show_metrics.py runs/demo
 
 test: $(STAMP)

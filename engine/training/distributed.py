@@ -1,12 +1,21 @@
 """Process-group setup and the few collectives the engine needs (rank 0 logs, metrics gathered)."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+SHM_OP = "deepspeed_shm_comm"  # the op DeepSpeed JIT-builds on the CPU accelerator while the process group starts
 
 
 @dataclass(frozen=True)
@@ -47,13 +56,80 @@ def init_distributed() -> DistInfo:
     import deepspeed
 
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+        with report_extension_lock_wait(None if torch.cuda.is_available() else _extension_lock(SHM_OP)):
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = local_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return DistInfo(rank, world, local_rank, device)
+
+
+def _extension_lock(name: str) -> Optional[Path]:
+    """The lock torch holds while it JIT-builds extension ``name`` (in TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return Path(_get_build_directory(name, verbose=False)) / "lock"
+    except Exception:  # noqa: BLE001 -- a private torch helper; without it, say nothing rather than fail
+        return None
+
+
+def lock_held_elsewhere(lock: Path) -> bool:
+    """Whether another open file holds the advisory lock on ``lock`` (torch's builds flock it; the file itself stays)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def report_extension_lock_wait(lock: Optional[Path], every_s: float = 30.0) -> Iterator[None]:
+    """Say on the console when start-up waits on a torch extension build lock, instead of minutes of silence.
+
+    On the CPU accelerator DeepSpeed builds its shm op under that lock in the user's extensions cache, shared by
+    every job of the user: a second job blocks until the first one's build ends. Held before we start, it is
+    another job's; held later, it may be this job's own build.
+    """
+    if lock is None:
+        yield
+        return
+    hint = (f"another job is building DeepSpeed's CPU shm op in the same torch extensions cache; this start waits until "
+            f"it finishes (set TORCH_EXTENSIONS_DIR to a folder of your own to build separately)")
+    if lock_held_elsewhere(lock):
+        _say(f"waiting for the lock {lock}: {hint}")
+    done, waited = threading.Event(), [0.0]
+
+    def watch() -> None:
+        while not done.wait(every_s):
+            waited[0] += every_s
+            if lock_held_elsewhere(lock):
+                _say(f"DeepSpeed start-up still waiting after {waited[0]:.0f} s; {lock} is held (by this job's build "
+                     f"of DeepSpeed's CPU shm op, or by {hint})")
+
+    watcher = threading.Thread(target=watch, name="extension-lock-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _say(message: str) -> None:
+    log.warning(message)  # with no logging configured, Python's last-resort handler prints it on stderr
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
