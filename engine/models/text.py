@@ -56,6 +56,9 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except OSError as e:
         raise _unavailable(name, path, "tokenizer", e) from e
+    except ImportError as e:  # e.g. SigLIP's SentencePiece tokenizer without the sentencepiece package
+        missing = str(e).strip().splitlines()[0]
+        raise OSError(f"model.text_encoder={name!r}: {missing} (pip install sentencepiece protobuf)") from e
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -203,3 +203,17 @@ def test_backbone_tokens_of_every_family(tiny_clip_dir, tiny_siglip_dir):
         assert pooled.shape == (2, dim) and tokens.ndim == 3 and tokens.shape[2] == model.token_dim, name
         if n_tokens:
             assert tokens.shape[1] == n_tokens, name
+
+
+def test_tokenizer_needing_a_missing_package_says_what_to_install(tmp_path):
+    pytest.importorskip("transformers")
+    try:
+        import sentencepiece  # noqa: F401
+        pytest.skip("sentencepiece is installed here")
+    except ImportError:
+        pass
+    (tmp_path / "config.json").write_text('{"model_type": "siglip"}')
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "SiglipTokenizer"}')
+    (tmp_path / "spiece.model").write_bytes(b"")
+    with pytest.raises(OSError, match="SentencePiece.*pip install sentencepiece"):
+        load_tokenizer(str(tmp_path))
