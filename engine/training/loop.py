@@ -63,7 +63,8 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     dist = init_distributed()
     seed_everything(cfg.run.seed, dist.rank, cfg.run.deterministic)
     run = RunDir(cfg, dist.is_main)
-    run.write_config(cfg, provenance(cfg, ctx.manifest.version, ctx.classes, dist.world, {"precision": precision}))
+    run.write_config(cfg, provenance(cfg, ctx.manifest.version, ctx.classes, dist.world,
+                                    {"precision": precision, "class_pool": ctx.manifest.class_pool_counts}))
     train_loader = create_loader(cfg, ctx, "train", True, dist.rank, dist.world)
     val_loader = create_loader(cfg, ctx, "val", False, dist.rank, dist.world)
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)

@@ -24,6 +24,9 @@ def check_inputs(cfg: Config, ctx, world: int) -> None:
     from engine.models import check_input_spec, check_queue_size
 
     check_input_spec(cfg.model, cfg.data.image_size, cfg.augment.mean, cfg.augment.std)
+    if cfg.model.text_encoder and not cfg.data.text_column:
+        raise ConfigError(f"model.text_encoder={cfg.model.text_encoder!r} but data.text_column is null: the text branch "
+                          "would see no tokens; set model.text_encoder: null (no text branch) or name the text column")
     if cfg.model.task != "retrieval":
         return
     if cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha:
