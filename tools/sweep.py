@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", default="", help='command that starts a run, e.g. "deepspeed --num_gpus 2" (default: python)')
     ap.add_argument("--only", default="", help="comma-separated variant names to run now (the tables cover all)")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after running this many variants")
+    ap.add_argument("--dry-run", action="store_true", help="list the variants and check their configs; run nothing")
     args, overrides = ap.parse_known_args(argv)
 
     from engine.workflows.results import write_results
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sweep = SweepConfig(base=args.config, out=str(args.out), variants=args.variants, grid=args.grid,
                         launcher=args.launcher, overrides=overrides, max_runs=args.max_runs,
-                        only=[s for s in args.only.split(",") if s])
+                        only=[s for s in args.only.split(",") if s], dry_run=args.dry_run)
+    if sweep.dry_run:
+        run_sweep(sweep)
+        return 0
     failed = None
     try:
         run_sweep(sweep)

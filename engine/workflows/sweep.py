@@ -34,11 +34,12 @@ SEED_KEY = "run.seed"  # grid points of this key are repeats of one variant: the
 class SweepConfig:
     base: str  # the base recipe every variant starts from
     out: str  # the sweep folder: runs/, logs/, results.{csv,md,png}, sweep_log.jsonl
-    variants: Optional[str] = None  # YAML: variant name -> {dotted key: value}; none = the base alone ("base")
+    variants: Optional[str] = None  # YAML: variant name -> {dotted key: value} ("_name" = template); none = "base" alone
     grid: list[str] = field(default_factory=list)  # "key=v1,v2": every variant at every grid point
     launcher: str = ""  # e.g. "deepspeed --num_gpus 2 --master_port 29600"; "" = this Python, one process
     overrides: list[str] = field(default_factory=list)  # --section.key=value applied to every variant first
     only: list[str] = field(default_factory=list)  # run just these variants (names); the tables cover every one
+    dry_run: bool = False  # plan and check every variant's config, run nothing
     max_runs: Optional[int] = None  # stop after running this many variants (skipped ones do not count)
 
     def __post_init__(self):
@@ -73,6 +74,8 @@ def read_variants(path: Optional[str]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, overrides in tree.items():
         name = str(name)
+        if name.startswith("_"):  # a template for YAML anchors (_adamw: &adamw {...}), not a variant
+            continue
         if not name or "/" in name or name in (".", "..") or "__" in name:
             raise ConfigError(f"{path}: variant name {name!r} must be a folder name without '/' or '__'")
         if overrides is not None and not isinstance(overrides, dict):
@@ -174,7 +177,7 @@ def _call(cmd: list[str], log: Path) -> float:
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode  # in the user's folder: their paths
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise SweepRunFailed(f"{cmd[0]} ... exited with {rc}; full output in {log}:\n{tail}")
@@ -185,15 +188,20 @@ class SweepRunFailed(RuntimeError):
     """A variant's cache build or run failed (its own output says why); finished variants stay done."""
 
 
-def run_sweep(sweep: SweepConfig) -> list[dict]:
-    """Plan, check every variant, run those not done; returns one timing record per variant."""
+def run_sweep(sweep: SweepConfig, variants: Optional[list[Variant]] = None) -> list[dict]:
+    """Plan (or take ``variants``: tools/oof.py's folds), check every variant, run those not done; returns one
+    timing record per variant."""
     t0 = time.perf_counter()
-    variants = plan(read_variants(sweep.variants), parse_grid(sweep.grid))
+    variants = planned_variants(sweep) if variants is None else variants
     unknown = sorted(set(sweep.only) - {v.name for v in variants})
     if unknown:
         raise ConfigError(f"--only {unknown}: not variants of this sweep (they are {[v.name for v in variants]})")
     configs = load_all(sweep, variants)
     print(f"sweep: {len(variants)} variants checked in {time.perf_counter() - t0:.2f} s -> {sweep.out}", flush=True)
+    if sweep.dry_run:
+        for v in variants:
+            print(f"  {v.name}: {run_state(sweep.runs_dir / v.name)}  {shlex.join(v.overrides)}")
+        return []
     out, launcher = Path(sweep.out), shlex.split(sweep.launcher) or [sys.executable]
     built: dict[str, str] = {}  # cache signature -> the variant whose build call covered it
     records, ran = [], 0
