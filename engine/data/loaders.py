@@ -39,7 +39,7 @@ def _pil(cfg, ctx, split, train, rank, world, weights):
 
     return PilLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size_for(train),
                      train, rank, world, cfg.run.seed, cfg.loader.num_workers, cfg.loader.prefetch,
-                     cfg.loader.pin_memory and _cuda(), weights)
+                     cfg.loader.pin_memory and _cuda(), weights, cfg.data.on_bad_image)
 
 
 @register_backend("cache")

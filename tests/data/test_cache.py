@@ -237,8 +237,9 @@ def test_verify_detects_a_flipped_byte(dataset, tmp_path, capsys):
     assert main(["--config", str(recipe), "--verify"]) == 1
     assert "record 3 " in capsys.readouterr().out
     (folder / "checksums.npy").unlink()  # a damaged cache is an error (2), not a traceback or a mismatch (1)
-    assert main(["--config", str(recipe), "--verify"]) == 2
-    assert "is damaged or incomplete" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the one user-error exit of every entry point (engine/errors.py)
+        main(["--config", str(recipe), "--verify"])
+    assert e.value.code == 2 and "is damaged or incomplete" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,recipe", [(["train.py", "--config", "configs/x.yaml"], "configs/x.yaml"),

@@ -41,3 +41,24 @@ def test_a_tiny_image_blown_up_is_reported(tmp_path, caplog):
         assert "upscaled" not in caplog.text
         assert decode_resized(str(tmp_path / "dot.png"), 64).shape == (64, 64, 3)
     assert "dot.png: 1x1 pixels, upscaled 64x to 64x64" in caplog.text
+
+
+def test_pil_backend_skips_or_names_an_undecodable_image(tmp_path):
+    import pytest
+
+    from engine.data.dali.bad_images import BadImageError
+    from engine.data.loaders import create_loader
+    from tests.data.conftest import make_cfg, make_ctx, write_dataset
+
+    manifest = write_dataset(tmp_path / "data")
+    (tmp_path / "data" / "img" / "0002.jpg").write_bytes(b"")  # a zero-byte photo (an interrupted copy)
+    skip = make_cfg(manifest, tmp_path / "cache", "--loader.backend=pil", "--data.on_bad_image=skip", "--loader.num_workers=0")
+    ctx = make_ctx(skip)
+    loader = create_loader(skip, ctx, "train", True)
+    rows = {int(r) for batch in loader for r in batch.index}
+    assert len(loader.served_positions()) == len(ctx.split("train")) - 1 and int(ctx.split("train").rows[2]) not in rows
+    for workers in (0, 2):
+        strict = make_cfg(manifest, tmp_path / "cache", "--loader.backend=pil", f"--loader.num_workers={workers}")
+        with pytest.raises(BadImageError) as e:
+            list(create_loader(strict, make_ctx(strict), "train", True))
+        assert "0002.jpg (manifest row 2, train split) does not decode" in str(e.value) and "Traceback" not in str(e.value)

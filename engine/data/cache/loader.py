@@ -84,6 +84,7 @@ class CacheLoader(ShardedLoader):
 
     def _iter_positions(self, positions: np.ndarray, repeats: np.ndarray) -> Iterator[Batch]:
         bs, r = self.batch_size, self.reader
+        r.check_intact(self.epoch)  # a cache truncated or rebuilt under a running job: a message, not a SIGBUS
         batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
         depth = self.num_workers + self.prefetch  # batches being gathered or ready
         if self.device.type == "cuda":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,8 @@ class CacheReader:
         if self.stride != fmt.record_stride(self.size):
             raise fmt.CacheError(f"{self.folder}: stride {self.stride} does not match size {self.size} (format v{fmt.FORMAT_VERSION})")
         self._mm, self.images = fmt.open_records(self.folder / fmt.IMAGES, self.count, self.stride, writable=False)
+        self._identity = _identity(self.folder / fmt.IMAGES)  # the file mapped: a rebuild or truncation changes it
+        self.rebuild_command = ""  # set by open_cache: what a damage report tells the user to run
         self.fields = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in fmt.FIELDS}
         with_captions = bool(self.meta["key"].get("group_captions"))
         self.captions = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in fmt.CAPTION_FIELDS} \
@@ -58,14 +61,35 @@ class CacheReader:
     def batch_fields(self, records: np.ndarray, train: bool = False, seed: int = 0, epoch: int = 0) -> dict[str, np.ndarray]:
         """The non-image ``Batch`` fields of ``records``, named as in ``Batch`` (``rows`` is its ``index``); with
         captions, ``train``/``seed``/``epoch`` choose them as ``SplitData.fields`` does (``caption_fields``)."""
-        out = {("index" if name == "rows" else name): np.asarray(arr[records]) for name, arr in self.fields.items()}
+        skip = ("input_ids", "attention_mask") if self.captions else ()  # with captions: chosen from caption_*
+        out = {("index" if name == "rows" else name): np.asarray(arr[records])
+               for name, arr in self.fields.items() if name not in skip}
         if self.captions:
             from engine.data.dataset import caption_fields
 
             c = self.captions
-            out.update(caption_fields(c["caption_ids"][records], c["caption_mask"][records], c["caption_count"][records],
-                                      out["index"], train, seed, epoch))
+            out.update(caption_fields(c["caption_ids"], c["caption_mask"], c["caption_count"], records, out["index"],
+                                      train, seed, epoch))
         return out
+
+    def check_intact(self, epoch: int = 0, samples: int = 16) -> None:
+        """Before an epoch reads the map: images.u8 is still the file that was mapped, at its full size (a
+        truncated map is a SIGBUS, not an exception), and ``samples`` seeded records match their checksums."""
+        path = self.folder / fmt.IMAGES
+        now = _identity(path)
+        if now != self._identity:
+            what = ("is gone" if now is None else f"is {now[2]} bytes, was {self._identity[2]}" if now[2] != self._identity[2]
+                    else "was replaced (another inode or modification time)")
+            self._damaged(f"{path} {what} since it was opened")
+        sums = np.load(self.folder / fmt.CHECKSUMS, mmap_mode="r")
+        picks = np.random.default_rng([epoch, 0xC4EC]).choice(self.good, size=min(samples, len(self.good)), replace=False)
+        bad = [int(i) for i in picks if fmt.checksum(self.images[i, : self.record_bytes]) != int(sums[i])]
+        if bad:
+            self._damaged(f"{path}: records {bad[:5]} no longer match their checksums")
+
+    def _damaged(self, what: str) -> None:
+        raise fmt.CacheError(f"the cache {self.folder} was damaged while in use: {what}. Delete {self.folder} and "
+                             f"rebuild it{' with: ' + self.rebuild_command if self.rebuild_command else ''}")
 
     def record(self, i: int) -> np.ndarray:
         """Record ``i`` as uint8 [S, S, 3] (a view into the map)."""
@@ -101,7 +125,33 @@ def open_cache(cfg, ctx, split: str) -> CacheReader:
         raise fmt.CacheError(f"{folder} was built for other settings ({_diff(reader.key, key.to_dict())}); "
                              f"delete it and rebuild with: {cmd}")
     refuse_rejects_in_error_mode(folder, reader.meta, cfg.data.on_bad_image, cmd)
+    changed = changed_images(reader.meta, ctx.split(split).paths, folder)
+    if changed:
+        raise fmt.CacheError(f"{folder} holds stale pixels: {changed}. Rebuild it (the build notices and decodes "
+                             f"again) with: {cmd}")
+    reader.rebuild_command = cmd
     return reader
+
+
+def changed_images(meta: dict, paths: list[str], folder: Path) -> str:
+    """'' if the image files are those the cache was built from (``format.images_fingerprint``: one stat per file),
+    else how many changed and which (files modified after the cache was written; a replaced file with an old
+    time only shows in the count). Caches built before the fingerprint was recorded are not checked."""
+    recorded = meta.get("images_fingerprint")
+    if not recorded or fmt.images_fingerprint(paths) == recorded:
+        return ""
+    built = (Path(folder) / fmt.METADATA).stat().st_mtime_ns
+    newer = [p for p in paths if not os.path.exists(p) or os.stat(p).st_mtime_ns > built]
+    return (f"image files changed since it was built (size or modification time), e.g. {', '.join(newer[:5])}"
+            if newer else "image files changed since it was built (size or modification time)")
+
+
+def _identity(path: Path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def read_rejects(folder: Path) -> list[dict]:

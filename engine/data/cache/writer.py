@@ -126,16 +126,27 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: bool = True) -> BuildSummary:
     """Build (or finish, or confirm) the cache of ``split`` for run config ``cfg``; see the module doc."""
+    from engine.data.cache.lock import build_lock
+
     key = fmt.cache_key(cfg, ctx, split)
     final = fmt.cache_dir(cfg, key)
+    with build_lock(final):  # a second builder of this cache waits, told who holds it
+        return _build_locked(cfg, ctx, split, key, final, workers, progress)
+
+
+def _build_locked(cfg, ctx, split: str, key: fmt.CacheKey, final: Path, workers: Optional[int], progress: bool) -> BuildSummary:
     if (final / fmt.METADATA).is_file():
         meta = json.loads((final / fmt.METADATA).read_text())
-        if meta.get("key") == key.to_dict():
+        if meta.get("key") == key.to_dict() and _drop_if_stale(final, meta, ctx.split(split).paths):
+            pass  # its image files changed since it was built: decoded again below
+        elif meta.get("key") == key.to_dict():
             from engine.data.cache.reader import refuse_rejects_in_error_mode
 
             refuse_rejects_in_error_mode(final, meta, cfg.data.on_bad_image, fmt.build_command(cfg, split), CacheBuildError)
             return BuildSummary(split, final, meta["count"], meta["good"], up_to_date=True)
-        raise fmt.CacheError(f"{final} exists but was built for other settings; delete it and run: {fmt.build_command(cfg, split)}")
+        else:
+            raise fmt.CacheError(f"{final} exists but was built for other settings; delete it and run: "
+                                 f"{fmt.build_command(cfg, split)}")
     t0 = time.perf_counter()
     data = ctx.split(split)
     n, size = len(data), cfg.cache.stored_size
@@ -237,6 +248,17 @@ def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, n_ch
         (partial / fmt.CHUNKS).mkdir()
         raise fmt.CacheError(f"{partial}: {len(bad)} records changed after they were written (first: {bad[:5]}); rerun to rebuild")
     return _seal(partial, final, key, data, size, sums, rejects, fingerprint)
+
+
+def _drop_if_stale(final: Path, meta: dict, paths: list[str]) -> bool:
+    """A finished cache whose image files changed (replaced in place) is deleted, so the build decodes them again."""
+    from engine.data.cache.reader import changed_images
+
+    stale = changed_images(meta, paths, final)
+    if stale:
+        print(f"{final}: {stale}; rebuilding it", flush=True)
+        shutil.rmtree(final)
+    return bool(stale)
 
 
 def find_pixel_source(root: Path, key: fmt.CacheKey, fingerprint: str) -> Optional[Path]:
