@@ -86,7 +86,7 @@ class EmbeddingQueue(nn.Module):
     def enqueue(self, image: torch.Tensor, text: torch.Tensor) -> None:
         """Write rows [n, dim] over the oldest ones (only the last ``size`` rows when n > size)."""
         image, text = image[-self.size:], text[-self.size:]
-        n, ptr = image.shape[0], int(self.ptr)
+        n, ptr = image.shape[0], int(self.ptr)  # a CPU-GPU sync (as int(count) in negatives()): small next to a step
         rows = (torch.arange(n, device=self.image.device) + ptr) % self.size
         self.image[rows] = image.to(self.image.dtype)
         self.text[rows] = text.to(self.text.dtype)
