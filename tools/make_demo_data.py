@@ -89,22 +89,28 @@ WITH_BLOB = [
 WITHOUT_BLOB = [
     "{a_tone} photo with {count} soft {things}",
     "an out of focus {tone} picture showing {count} {things}",
+    "{count} faint {things} in {a_tone} blur",
 ]
 
 
 def _captions(rng: np.random.Generator, facts: dict, k: int) -> list[str]:
-    """``k`` different descriptions of one photo (templates in a seeded order, synonyms drawn)."""
+    """``k`` descriptions of one photo (templates in a seeded order, synonyms drawn), all different as long as
+    templates x synonyms allow (a manifest check reports identical rows)."""
     templates = WITHOUT_BLOB + (WITH_BLOB if facts["blob"] else [])
     order = [templates[i] for i in rng.permutation(len(templates))]
-    out = []
+    out: list[str] = []
     for j in range(k):
-        things, tone = str(rng.choice(list(THINGS))), str(rng.choice(TONE[facts["warm"]]))
-        words = {"tone": tone, "a_tone": ("an " if tone[0] in "aeiou" else "a ") + tone, "count": COUNT[facts["count"]],
-                 "things": things, "thing": THINGS[things]}
-        if facts["blob"]:
-            words.update(bright="bright" if facts["blob"]["bright"] else "dark", hue=facts["blob"]["hue"],
-                         where=facts["blob"]["where"])
-        out.append(order[j % len(order)].format(**words))
+        for _ in range(20):  # redraw the synonyms of a caption this photo already has
+            things, tone = str(rng.choice(list(THINGS))), str(rng.choice(TONE[facts["warm"]]))
+            words = {"tone": tone, "a_tone": ("an " if tone[0] in "aeiou" else "a ") + tone,
+                     "count": COUNT[facts["count"]], "things": things, "thing": THINGS[things]}
+            if facts["blob"]:
+                words.update(bright="bright" if facts["blob"]["bright"] else "dark", hue=facts["blob"]["hue"],
+                             where=facts["blob"]["where"])
+            text = order[j % len(order)].format(**words)
+            if text not in out:
+                break
+        out.append(text)
     return out
 
 

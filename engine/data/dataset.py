@@ -14,7 +14,7 @@ resumed run draws the same one; an evaluation batch carries the first in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Optional
 
 import numpy as np
@@ -57,15 +57,15 @@ class SplitData:
             "index": self.rows[positions],
         }
         if self.caption_ids is not None:
-            out.update(caption_fields(self.caption_ids[positions], self.caption_mask[positions],
-                                      self.caption_count[positions], out["index"], train, seed, epoch))
+            out.update(caption_fields(self.caption_ids, self.caption_mask, self.caption_count, positions, out["index"],
+                                      train, seed, epoch))
         return out
 
 
 def draw_captions(seed: int, epoch: int, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The caption (0..count-1) each image shows in ``epoch``: a hash of (run seed, epoch, the image's first
     manifest row), no RNG state, so it is the same on every rank and worker, and after a mid-epoch resume."""
-    key = np.random.SeedSequence([seed, epoch, 0xCA97]).generate_state(1, np.uint64)[0]
+    key = _draw_key(seed, epoch)
     with np.errstate(over="ignore"):  # splitmix64: wrapping uint64 arithmetic is the point
         z = np.asarray(rows, dtype=np.uint64) + key + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -74,19 +74,25 @@ def draw_captions(seed: int, epoch: int, rows: np.ndarray, counts: np.ndarray) -
     return (z % np.maximum(np.asarray(counts), 1).astype(np.uint64)).astype(np.int64)
 
 
-def caption_fields(ids: np.ndarray, mask: np.ndarray, count: np.ndarray, rows: np.ndarray, train: bool, seed: int,
-                   epoch: int) -> dict[str, np.ndarray]:
-    """Batch fields from gathered captions ``ids``/``mask`` [B, K, L], ``count`` [B] of images ``rows`` [B].
+@lru_cache(maxsize=64)
+def _draw_key(seed: int, epoch: int) -> np.uint64:
+    return np.random.SeedSequence([seed, epoch, 0xCA97]).generate_state(1, np.uint64)[0]
 
-    Training: ``input_ids``/``attention_mask`` [B, L] = the caption ``draw_captions`` picks for this epoch.
-    Evaluation: the first caption there, and every caption in ``captions_ids``/``captions_mask`` [B, K, L] with
-    ``caption_count`` [B] (captions k >= count are padding).
+
+def caption_fields(ids: np.ndarray, mask: np.ndarray, count: np.ndarray, positions: np.ndarray, rows: np.ndarray,
+                   train: bool, seed: int, epoch: int) -> dict[str, np.ndarray]:
+    """Batch fields of ``positions`` from the captions ``ids``/``mask`` [N, K, L], ``count`` [N] (in memory or
+    memory-mapped); ``rows`` [B]: the images' first manifest rows.
+
+    Training: ``input_ids``/``attention_mask`` [B, L] = the caption ``draw_captions`` picks for this epoch (only
+    that one is read). Evaluation: the first caption there, and every caption in ``captions_ids``/``captions_mask``
+    [B, K, L] with ``caption_count`` [B] (captions k >= count are padding).
     """
-    ids, mask, count = np.asarray(ids), np.asarray(mask), np.asarray(count)
+    count = np.asarray(count[positions])
     if train:
         k = draw_captions(seed, epoch, rows, count)
-        b = np.arange(len(k))
-        return {"input_ids": ids[b, k], "attention_mask": mask[b, k]}
+        return {"input_ids": np.asarray(ids[positions, k]), "attention_mask": np.asarray(mask[positions, k])}
+    ids, mask = np.asarray(ids[positions]), np.asarray(mask[positions])
     return {"input_ids": np.ascontiguousarray(ids[:, 0]), "attention_mask": np.ascontiguousarray(mask[:, 0]),
             "captions_ids": ids, "captions_mask": mask, "caption_count": count}
 

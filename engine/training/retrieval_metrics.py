@@ -91,10 +91,10 @@ def retrieval_ranks(image_emb, text_emb, text_image, chunk: int = 256, text_chun
                 s[own[mine] - a, mine - t0] = pos[mine]
             # text -> image: images of this block scoring above each caption's positive, ties of lower index
             p = pos[None, t0:t1]
-            t2i[t0:t1] += (s > p).sum(0)
+            t2i[t0:t1] += (s > p).sum(0, dtype=torch.int32)  # int32: a bool sum over dim 0 as int64 is ~10x slower
             _add_ties(t2i[t0:t1], s.T, p.T, img_idx.T, own[t0:t1, None])
             # image -> text: captions scoring above each image's best, ties of lower index
-            i2t[a:b] += (s > best_b).sum(1)
+            i2t[a:b] += (s > best_b).sum(1, dtype=torch.int32)
             _add_ties(i2t[a:b], s, best_b, torch.arange(t0, t1, device=img.device)[None, :], first_b)
     i2t[~has_caption] = 0
     return i2t.cpu().numpy(), t2i.cpu().numpy()
@@ -104,7 +104,8 @@ def _add_ties(out: torch.Tensor, s: torch.Tensor, threshold: torch.Tensor, cand:
     """``out[q] += #{j: s[q, j] == threshold[q] and cand[j] < positive[q]}``, only where a row has a tie (rare
     in fp32): the positive itself, when in the block, is never counted (its index is not below its own)."""
     eq = s == threshold
-    rows = torch.nonzero(eq.sum(1) > (cand.reshape(1, -1) == positive).sum(1), as_tuple=True)[0]
+    own = (cand.reshape(1, -1) == positive).sum(1, dtype=torch.int32)
+    rows = torch.nonzero(eq.sum(1, dtype=torch.int32) > own, as_tuple=True)[0]
     if len(rows):
         out[rows] += (eq[rows] & (cand.reshape(1, -1) < positive[rows])).sum(1)
 
