@@ -98,6 +98,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also save 'last' every N optimizer updates mid-epoch (0 = epoch ends only)
     log_every: int = 10  # steps between tqdm postfix / tensorboard points
     tensorboard: bool = True
+    # distillation (engine/training/distill.py): a finished run whose eval/train_best_probs.npz are the soft targets
+    distill_from: Optional[str] = None
+    distill_temperature: float = 2.0  # softens teacher and student alike; the term is scaled by T^2
+    distill_alpha: float = 0.5  # loss = (1 - alpha) * classification + alpha * distillation
     wandb: bool = False  # also log to Weights & Biases (pip install '.[wandb]'; a warning and no W&B without it)
     wandb_project: str = "fusion"
     wandb_entity: Optional[str] = None  # team or user; null = the logged-in default
@@ -129,6 +133,9 @@ class TrainConfig:
             raise ValueError(f"train.max_steps_per_epoch must be positive or null, got {self.max_steps_per_epoch}")
         if self.log_every <= 0:
             raise ValueError(f"train.log_every must be positive (steps between log points), got {self.log_every}")
+        if self.distill_temperature <= 0 or not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"train.distill_temperature must be > 0 and train.distill_alpha in [0, 1], got "
+                             f"{self.distill_temperature} and {self.distill_alpha}")
         if not self.wandb_project.strip():
             raise ValueError("train.wandb_project must not be empty")
         if self.stages:

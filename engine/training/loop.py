@@ -19,6 +19,7 @@ from engine.data.loaders import create_loader
 from engine.errors import ConfigError, UserError
 from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
+from engine.training.distill import Teacher, load_teacher
 from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
                                          launch_rank_world, restore_buffers)
 from engine.training.metrics import classification_metrics
@@ -70,6 +71,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)
     model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
     pipe = DevicePipe.for_device(cfg, dist.device, precision)
+    teacher = load_teacher(cfg, ctx.classes, ctx.split("train").rows)  # train.distill_from, else None
     weights = loss_class_weights(ctx.split("train").labels, len(ctx.classes), cfg.train.class_weights)
     if cfg.train.class_weights != "none" and cfg.loader.balanced_sampling != "none":
         log.warning("train.class_weights=%s and loader.balanced_sampling=%s both correct for class imbalance: "
@@ -104,7 +106,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
             t_epoch = time.perf_counter()  # training + validation: summary.json's wall_time_s sums these
             train_stats = train_epoch(engine, train_loader, pipe, stage_config(cfg, stage_named(cfg, state.stage)), state,
                                       dist, epoch, steps_per_epoch, len(ctx.classes),
-                                      weights, monitor, save_last, stop_after_step)
+                                      weights, monitor, save_last, stop_after_step, teacher)
             average_buffers(engine.module)  # one set of BatchNorm statistics for evaluation and the checkpoint
             val = evaluate(engine, val_loader, pipe, ctx, cfg, dist, "val")
             state.epoch = epoch + 1
@@ -126,7 +128,8 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
 
 def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState, dist: DistInfo, epoch: int,
                 steps_per_epoch: int, num_classes: int, class_weights=None, monitor: Optional[Monitor] = None,
-                save_last: Optional[Callable[[], None]] = None, stop_after_step: Optional[int] = None) -> dict:
+                save_last: Optional[Callable[[], None]] = None, stop_after_step: Optional[int] = None,
+                teacher: Optional[Teacher] = None) -> dict:
     engine.train()
     keep_frozen_norms(engine.module)  # frozen parts' BatchNorm statistics stay fixed
     skip_nonfinite = pipe.dtype == torch.float16  # fp16: DeepSpeed's loss scaler skips overflowing steps
@@ -142,7 +145,8 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
         # mixup/cutmix draw: per (seed, rank, epoch, batch), so micro-batches and ranks mix differently
         inputs, targets, batch = pipe(batch, True, epoch, num_classes, step_seed=(cfg.run.seed, dist.rank, epoch, i))
         out = engine(**inputs)
-        loss, parts = training_loss(engine.module, out, targets, cfg, class_weights)
+        loss, parts = training_loss(engine.module, out, targets, cfg, class_weights,
+                                    teacher.targets(batch.index) if teacher is not None else None)
         if not torch.isfinite(loss) and not skip_nonfinite:  # a CPU-GPU sync point, worth it to stop early
             raise NonFiniteLoss(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {state.global_step}, "
                                 f"batch {i} (manifest rows {batch.index[:8].tolist()}...); last good checkpoint kept")

@@ -83,8 +83,8 @@ def _smoothed(soft: torch.Tensor, smoothing: float) -> torch.Tensor:
     return soft * (1 - smoothing) + smoothing / soft.shape[1] if smoothing else soft
 
 
-def training_loss(model, out, targets: torch.Tensor, cfg: Config,
-                  class_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def training_loss(model, out, targets: torch.Tensor, cfg: Config, class_weights: Optional[torch.Tensor] = None,
+                  teacher_probs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Classification loss plus the model's own (already weighted) auxiliary / contrastive losses, in fp32.
 
     Returns (total, parts); ``parts`` names every term for logging.
@@ -95,6 +95,10 @@ def training_loss(model, out, targets: torch.Tensor, cfg: Config,
     if class_weights is not None:
         class_weights = class_weights.to(out.logits.device)
     parts = {"cls": classification_loss(out.logits, targets, cfg, class_weights)}
+    if teacher_probs is not None:  # train.distill_from: soft targets of a finished run
+        from engine.training.distill import add_distillation
+
+        parts = add_distillation(parts, out.logits, teacher_probs, cfg)
     aux = getattr(model, "auxiliary_losses", None)
     if callable(aux):
         parts.update({k: v.float() for k, v in aux(out, targets).items()})
