@@ -80,19 +80,19 @@ def _draw_key(seed: int, epoch: int) -> np.uint64:
 
 
 def caption_fields(ids: np.ndarray, mask: np.ndarray, count: np.ndarray, positions: np.ndarray, rows: np.ndarray,
-                   train: bool, seed: int, epoch: int) -> dict[str, np.ndarray]:
+                   train: bool, seed: int, epoch: int, drawn: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     """Batch fields of ``positions`` from the captions ``ids``/``mask`` [N, K, L], ``count`` [N] (in memory or
     memory-mapped); ``rows`` [B]: the images' first manifest rows.
 
     Training: ``input_ids``/``attention_mask`` [B, L] = the caption ``draw_captions`` picks for this epoch (only
     that one is read). Evaluation: the first caption there, and every caption in ``captions_ids``/``captions_mask``
-    [B, K, L] with ``caption_count`` [B] (captions k >= count are padding).
+    [B, K, L] with ``caption_count`` [B] (captions k >= count are padding). ``drawn``: this epoch's
+    ``draw_captions`` of these images, if the caller computed them for the whole split already.
     """
-    count = np.asarray(count[positions])
     if train:
-        k = draw_captions(seed, epoch, rows, count)
+        k = drawn if drawn is not None else draw_captions(seed, epoch, rows, count[positions])
         return {"input_ids": np.asarray(ids[positions, k]), "attention_mask": np.asarray(mask[positions, k])}
-    ids, mask = np.asarray(ids[positions]), np.asarray(mask[positions])
+    ids, mask, count = np.asarray(ids[positions]), np.asarray(mask[positions]), np.asarray(count[positions])
     return {"input_ids": np.ascontiguousarray(ids[:, 0]), "attention_mask": np.ascontiguousarray(mask[:, 0]),
             "captions_ids": ids, "captions_mask": mask, "caption_count": count}
 

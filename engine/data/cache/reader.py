@@ -45,6 +45,7 @@ class CacheReader:
         with_captions = bool(self.meta["key"].get("group_captions"))
         self.captions = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in fmt.CAPTION_FIELDS} \
             if with_captions else {}
+        self._draw = None  # (seed, epoch), the caption each record shows in that epoch (_drawn)
         self.good = np.load(self.folder / fmt.GOOD)
         for name, arr in {**self.fields, **self.captions}.items():
             dtype = {**fmt.FIELDS, **fmt.CAPTION_FIELDS}[name]
@@ -68,9 +69,19 @@ class CacheReader:
             from engine.data.dataset import caption_fields
 
             c = self.captions
+            drawn = self._drawn(seed, epoch)[records] if train else None
             out.update(caption_fields(c["caption_ids"], c["caption_mask"], c["caption_count"], records, out["index"],
-                                      train, seed, epoch))
+                                      train, seed, epoch, drawn))
         return out
+
+    def _drawn(self, seed: int, epoch: int) -> np.ndarray:
+        """``draw_captions`` of every record for (seed, epoch), computed once per epoch (per batch it was a
+        sizeable share of the gather); gather threads racing at an epoch start compute the same array."""
+        if self._draw is None or self._draw[0] != (seed, epoch):
+            from engine.data.dataset import draw_captions
+
+            self._draw = ((seed, epoch), draw_captions(seed, epoch, self.fields["rows"], self.captions["caption_count"]))
+        return self._draw[1]
 
     def check_intact(self, epoch: int = 0, samples: int = 16) -> None:
         """Before an epoch reads the map: images.u8 is still the file that was mapped, at its full size (a
