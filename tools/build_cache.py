@@ -13,6 +13,7 @@ images in error mode, a missing, stale or damaged cache) or the config is wrong.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="YAML recipe")
     p.add_argument("--verify", action="store_true", help="check every record of the existing caches against its checksum")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", help="also write each split's build summary here (records, rejects, seconds, images/s, decoder)")
     args, overrides = p.parse_known_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = tuple(cfg.cache.splits)
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
                       required_splits=tuple(s for s in ("train",) + splits if s))
-    status = 0
+    status, summaries = 0, {}
     for split in splits:
         if args.verify:
             folder = cache_dir(cfg, cache_key(cfg, ctx, split))
@@ -49,8 +51,19 @@ def main(argv: list[str] | None = None) -> int:
             print(report.line())
             status |= bool(report.bad)
         else:
-            print(build_cache(cfg, ctx, split, progress=not args.no_progress).line())
+            summary = build_cache(cfg, ctx, split, progress=not args.no_progress)
+            print(summary.line())
+            summaries[split] = _figures(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summaries, indent=1))
     return int(status)
+
+
+def _figures(summary) -> dict:
+    meta = json.loads((summary.folder / "metadata.json").read_text())
+    return {"count": summary.count, "good": summary.good, "rejected": len(summary.rejected), "decoded": summary.decoded,
+            "seconds": summary.seconds, "images_per_s": summary.decoded / summary.seconds if summary.seconds else None,
+            "up_to_date": summary.up_to_date, "decoder": meta.get("decoder"), "folder": str(summary.folder)}
 
 
 if __name__ == "__main__":
