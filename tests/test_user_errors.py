@@ -130,6 +130,8 @@ CASES = {
     "show_metrics no run": (lambda x: __import__("show_metrics").main([str(x["tmp"] / "nope")]), "metrics.jsonl"),
     "profile_throughput unknown key": (lambda x: __import__("profile_throughput").main(["--config", DEMO, "--train.epochz=1"]),
                                        "train.epochz"),
+    "bench_decode missing manifest": (lambda x: __import__("bench_decode").main(["--manifest", "/nonexistent/m.csv"]),
+                                      "/nonexistent/m.csv"),
     "bench_loaders unknown key": (lambda x: __import__("bench_loaders").main(["--config", DEMO, "--loader.batchsize=1"]),
                                   "loader.batchsize"),
 }

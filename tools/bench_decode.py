@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from engine.errors import exit_on_user_error  # noqa: E402
+
 
 def photos(manifest: Path, limit: int) -> list[str]:
     with open(manifest, newline="") as f:
@@ -38,6 +40,7 @@ def timed(decode, paths: list[str]) -> tuple[float, list[np.ndarray]]:
     return time.perf_counter() - t0, out
 
 
+@exit_on_user_error  # config, manifest or cache problems: one line naming the key/file/row, exit 2
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, required=True, help="CSV manifest with an 'image' column (the demo's)")
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="DALI threads for the mixed rows")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if not args.manifest.is_file():
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"--manifest {args.manifest}: no such file (a CSV manifest with an 'image' column)")
 
     import torch
 
