@@ -66,7 +66,9 @@ def check_models(m: ModelConfig) -> None:
             raise ConfigError(str(e)) from None
         if m.pretrained_path and not Path(m.pretrained_path).is_file():
             raise ConfigError(f"model.pretrained_path={m.pretrained_path!r} does not exist")
-        if m.pretrained and not m.pretrained_path:
+        if getattr(spec, "hf_path", None):  # a CLIP/SigLIP tower: always loads its weights
+            _check_hub_tower(m.backbone, spec.hf_path)
+        elif m.pretrained and not m.pretrained_path:
             _check_hub_weights(m.backbone, spec.timm_name)
     if m.text_encoder:  # its tokenizer: an offline Hub name fails here (TextEncoderUnavailable), in a second
         from engine.models.text import load_tokenizer
@@ -112,6 +114,21 @@ def _check_hub_weights(name: str, timm_name: str | None) -> None:
         f"model.backbone={name!r}: pretrained weights {weights!r} are not in the local cache and the hub is offline "
         f"(HF_HUB_OFFLINE). Download the weights elsewhere and set model.pretrained_path=/path/to/checkpoint "
         f"(or model.pretrained=false for random init).")
+
+
+def _check_hub_tower(name: str, path: str) -> None:
+    """Offline, a Hub tower must be in the local Hugging Face cache (a local folder is checked when it loads)."""
+    if Path(path).exists() or not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return
+    from engine.models.backbones import PretrainedWeightsError
+
+    raise PretrainedWeightsError(
+        f"model.backbone={name!r}: the checkpoint is not in the local Hugging Face cache and the hub is offline "
+        f"(HF_HUB_OFFLINE); download it elsewhere (save_pretrained) and set model.backbone to that folder")
 
 
 def check_batches(cfg: Config, ctx: DataContext, world: int) -> None:
