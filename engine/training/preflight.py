@@ -29,8 +29,10 @@ from engine.training.wrap import deepspeed_config
 
 # Model keys that change how the model runs, not which parameters it has: free to change on --resume.
 RUNTIME_MODEL_KEYS = frozenset({"dropout", "modality_dropout", "modality_dropout_on", "mask_modalities",
-                                "grad_checkpointing", "pretrained", "pretrained_path", "aux_loss_weight",
-                                "contrastive_weight"})
+                                "grad_checkpointing", "pretrained", "pretrained_path", "hard_negatives",
+                                "hard_negative_beta", "hard_negative_tau_plus"})
+# Weights whose value may change on --resume, but not whether they are 0 (that adds or drops heads / towers).
+PRESENCE_MODEL_KEYS = frozenset({"aux_loss_weight", "contrastive_weight", "momentum"})
 SHAPE_DATA_KEYS = ("numeric_columns", "categorical_columns")  # the tabular branch's input sizes
 
 
@@ -171,8 +173,11 @@ def model_differences(saved: dict, now: dict) -> list[tuple[str, object, object]
     out = []
     saved_model, now_model = saved.get("model", {}), now.get("model", {})
     for key in sorted(set(saved_model) | set(now_model)):
-        if key not in RUNTIME_MODEL_KEYS and key in saved_model and saved_model.get(key) != now_model.get(key):
-            out.append((f"model.{key}", saved_model.get(key), now_model.get(key)))
+        old, new = saved_model.get(key), now_model.get(key)
+        if key in RUNTIME_MODEL_KEYS or key not in saved_model:  # absent: a setting newer than the checkpoint
+            continue
+        if old != new and (key not in PRESENCE_MODEL_KEYS or bool(old) != bool(new)):
+            out.append((f"model.{key}", old, new))
     for key in SHAPE_DATA_KEYS:
         old, new = saved.get("data", {}).get(key), now.get("data", {}).get(key)
         if old is not None and list(old) != list(new or []):
