@@ -64,8 +64,10 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     dist = init_distributed()
     seed_everything(cfg.run.seed, dist.rank, cfg.run.deterministic)
     run = RunDir(cfg, dist.is_main)
-    run.write_config(cfg, provenance(cfg, ctx.manifest.version, ctx.classes, dist.world,
-                                    {"precision": precision, "class_pool": ctx.manifest.class_pool_counts}))
+    prov = provenance(cfg, ctx.manifest.version, ctx.classes, dist.world,
+                      {"precision": precision, "class_pool": ctx.manifest.class_pool_counts})
+    if not resume:  # a resumed run's config.yaml is rewritten once its checkpoint has loaded, not by a failed start
+        run.write_config(cfg, prov)
     train_loader = create_loader(cfg, ctx, "train", True, dist.rank, dist.world)
     val_loader = create_loader(cfg, ctx, "val", False, dist.rank, dist.world)
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)
@@ -82,6 +84,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     if resume:
         state, loader_state = load_checkpoint(engine, run.checkpoints, "last", dist.rank)
         train_loader.load_state_dict(loader_state)
+        run.write_config(cfg, prov)
         run.truncate_metrics(state.epoch)
     monitor = Monitor(cfg, run.path, dist.is_main, resume)
 

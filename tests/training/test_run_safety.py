@@ -62,6 +62,19 @@ def test_refused_resume_keeps_the_run_config_and_names_the_keys(tiny_overrides, 
         evaluate_run(cfg.run_dir, "val", "last")
 
 
+def test_a_resume_refused_after_start_up_keeps_config_yaml(tiny_overrides, tmp_path):
+    from engine.config import ConfigError
+
+    cfg = make_cfg(tiny_overrides, tmp_path, "r", "--train.epochs=2", "--train.checkpoint_every_steps=1")
+    loop.train(cfg, stop_after_step=1)  # killed mid-epoch
+    config_yaml = (cfg.run_dir / "config.yaml").read_bytes()
+    other = make_cfg(tiny_overrides, tmp_path, "r", "--train.epochs=2", "--train.checkpoint_every_steps=1",
+                     "--loader.batch_size=4")
+    with pytest.raises(ConfigError, match="cannot resume mid-epoch"):  # found once the loaders exist
+        loop.train(other, resume=True)
+    assert (cfg.run_dir / "config.yaml").read_bytes() == config_yaml
+
+
 def test_resume_finds_a_checkpoint_left_between_the_two_renames(tiny_overrides, tmp_path):
     cfg = make_cfg(tiny_overrides, tmp_path, "r", "--train.epochs=2")
     loop.train(cfg, stop_after_epoch=1)
