@@ -124,6 +124,7 @@ CASES = {
     "train negative warmup": (_train("--optim.warmup_steps=-1"), "optim.warmup_steps"),
     "train negative grad clip": (_train("--train.grad_clip=-1"), "train.grad_clip"),
     "train bad run.name": (_train("--run.name=a/b"), "run.name"),
+    "train missing cache": (_train("--loader.backend=cache", "--cache.dir=/nonexistent/cache"), "no train cache"),
     "train manifest missing": (_train("--data.manifest=/nonexistent/m.csv"), "/nonexistent/m.csv"),
     "train manifest ../ path": (_train_m("escaping"), "escape data.root"),
     # tools/evaluate.py
@@ -144,6 +145,10 @@ CASES = {
 def test_user_mistake_is_one_line_and_exit_2(case, inputs, capsys, monkeypatch):
     run, named = CASES[case]
     snapshot = {p: p.read_bytes() for p in sorted(inputs["run"].rglob("*")) if p.is_file() and p.suffix != ".png"}
+    if case.startswith("train") and run is not _nan_loss:  # found before DeepSpeed starts, not after its start-up
+        from engine.training import loop
+
+        monkeypatch.setattr(loop, "init_distributed", lambda: pytest.fail("DeepSpeed started before the check"))
     with pytest.raises(SystemExit) as e:
         run(inputs, monkeypatch) if run is _nan_loss else run(inputs)
     err = capsys.readouterr().err

@@ -5,7 +5,8 @@ the process group, the data or the model exist: card and precision, the
 DeepSpeed pass-through keys, the backbone and text encoder (an offline Hub name
 fails here, not after the data is tokenized), the run folder (never replace a
 run, something to ``--resume``, writable), the manifest, batch arithmetic
-against the data, and a resumed model against its checkpoint's config. Every
+against the data, the caches of the cache backends, and a resumed model
+against its checkpoint's config. Every
 failure is a ``UserError`` naming the key/file and the fix (exit 2).
 """
 from __future__ import annotations
@@ -51,6 +52,7 @@ def check_run(cfg: Config, resume: bool) -> CheckedRun:
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
                       required_splits=("train", "val", "test") if cfg.eval.test else ("train", "val"))
     check_batches(cfg, ctx, world)
+    check_caches(cfg, ctx)
     if resume:
         check_resume_fits(cfg, ctx)
     move_old_run_aside(cfg, resume, is_main=rank == 0)
@@ -146,6 +148,18 @@ def check_batches(cfg: Config, ctx: DataContext, world: int) -> None:
     if batches < accum:
         raise ConfigError(f"train.grad_accum={accum}: an epoch has {batches} batches per rank (train split {n} samples, "
                           f"loader.batch_size={bs}, {world} rank(s)), fewer than one update; lower train.grad_accum")
+
+
+def check_caches(cfg: Config, ctx: DataContext) -> None:
+    """The cache backends' caches exist, match these settings and hold fresh pixels (CacheError with the build
+    command otherwise). Opened again by the loaders: a second stat per image, the price of failing before
+    DeepSpeed's start-up rather than after it."""
+    if cfg.loader.backend not in ("cache", "dali_cache"):
+        return
+    from engine.data.cache.reader import open_cache
+
+    for split in ("train", "val", "test") if cfg.eval.test else ("train", "val"):
+        open_cache(cfg, ctx, split)
 
 
 def check_resume_fits(cfg: Config, ctx: DataContext) -> None:
