@@ -6,8 +6,8 @@ DeepSpeed pass-through keys, the backbone and text encoder (an offline Hub name
 fails here, not after the data is tokenized), the run folder (never replace a
 run, something to ``--resume``, writable), the manifest, batch arithmetic
 against the data, the caches of the cache backends, and a resumed model
-against its checkpoint's config. Every
-failure is a ``UserError`` naming the key/file and the fix (exit 2).
+against its checkpoint's config. Every failure is a ``UserError`` naming the
+key/file and the fix (exit 2).
 """
 from __future__ import annotations
 

@@ -161,6 +161,16 @@ def cache_signature(cfg) -> Optional[str]:
                        "max_length": cfg.model.text_max_length, "seed": cfg.run.seed}, sort_keys=True, default=str)
 
 
+def _with_free_port(launcher: list[str]) -> list[str]:
+    """The DeepSpeed launcher listens on 29500 unless told otherwise, which another job on the machine often holds:
+    give it a free port unless the user named one."""
+    if Path(launcher[0]).name != "deepspeed" or any(a.startswith("--master_port") for a in launcher):
+        return launcher
+    from engine.training.distributed import _free_port
+
+    return [*launcher, "--master_port", str(_free_port())]
+
+
 def run_state(folder: Path) -> str:
     """'done' (summary.json), 'resume' (a 'last' checkpoint), 'restart' (a folder without either), 'new'."""
     if (folder / "summary.json").is_file():
@@ -225,7 +235,7 @@ def run_sweep(sweep: SweepConfig, variants: Optional[list[Variant]] = None) -> l
                              "--no-progress"], out / "logs" / f"{v.name}.cache.log")
             built[sig], cache_note = v.name, "built or up to date"
         extra = {"resume": ["--resume"], "restart": ["--run.existing=keep_aside"]}.get(state, [])
-        train_s = _call([*launcher, str(ROOT / "engine/train.py"), "--config", sweep.base, *overrides, *extra],
+        train_s = _call([*_with_free_port(launcher), str(ROOT / "engine/train.py"), "--config", sweep.base, *overrides, *extra],
                         out / "logs" / f"{v.name}.train.log")
         total = time.perf_counter() - t_variant
         record = {"variant": v.name, "status": "resumed" if state == "resume" else "ran", "cache": cache_note,

@@ -34,3 +34,13 @@ def test_a_free_lock_says_nothing(tmp_path, caplog):
     with report_extension_lock_wait(None):
         pass
     assert "waiting" not in caplog.text
+
+
+def test_sweeps_launch_deepspeed_on_a_free_port_unless_given_one():
+    from engine.workflows.sweep import _with_free_port
+
+    launched = _with_free_port(["/venv/bin/deepspeed", "--num_gpus", "2"])
+    assert launched[:3] == ["/venv/bin/deepspeed", "--num_gpus", "2"] and launched[3] == "--master_port"
+    assert int(launched[4]) != 29500
+    assert _with_free_port(["deepspeed", "--master_port=29600"]) == ["deepspeed", "--master_port=29600"]
+    assert _with_free_port(["python"]) == ["python"]
