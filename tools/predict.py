@@ -36,33 +36,39 @@ def main(argv: list[str] | None = None):
     import torch
     import torch.nn.functional as F
 
-    from engine.data.dataset import DataContext
-    from engine.models import create_model
-    from engine.training.checkpoint import load_weights, peek_state
-    from engine.training.distributed import init_distributed
-    from engine.training.wrap import wrap_model
     from engine.workflows.predict import input_batches, read_new_samples, write_predictions
-    from evaluate import load_run_config, without_batch_arithmetic
 
-    cfg = without_batch_arithmetic(load_run_config(args.run, [*overrides, "--train.precision=fp32"]))
-    peek_state(args.run / "checkpoints", args.checkpoint)
-    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length, required_splits=("train",))
+    cfg, ctx, module, device = load_run_model(args.run, args.checkpoint, overrides)
     rows, paths = read_new_samples(cfg, args.manifest, args.root, ctx.tokenizer is not None)
-    dist = init_distributed()
-    model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
-    engine, _, _ = wrap_model(model, cfg, dist.device, "fp32", dist.world, 1, cfg.optim.lr)
-    load_weights(engine, args.run / "checkpoints", args.checkpoint)
-    engine.eval()
     probs = []
     with torch.no_grad():
         for inputs in input_batches(cfg, ctx, rows, paths, args.batch_size):
-            logits = engine(**{k: v.to(dist.device) for k, v in inputs.items()}).logits.float()
+            logits = module(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
             probs.append(F.softmax(logits, dim=1).cpu().numpy())
     probs = np.concatenate(probs) if probs else np.zeros((0, len(ctx.classes)), np.float32)
     out = args.out or args.run / "predict" / f"{args.manifest.stem}.csv"
     write_predictions(out, rows, cfg.data.image_column, ctx.classes, probs)
     print(f"wrote {out}: {len(rows)} predictions")
     return probs
+
+
+def load_run_model(run: Path, checkpoint: str, overrides: list[str]):
+    """(config, data context, the model in eval mode with the checkpoint's weights, its device), fp32."""
+    from engine.data.dataset import DataContext
+    from engine.models import create_model
+    from engine.training.checkpoint import load_weights, peek_state
+    from engine.training.distributed import init_distributed
+    from engine.training.wrap import wrap_model
+    from evaluate import load_run_config, without_batch_arithmetic
+
+    cfg = without_batch_arithmetic(load_run_config(run, [*overrides, "--train.precision=fp32"]))
+    peek_state(run / "checkpoints", checkpoint)
+    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length, required_splits=("train",))
+    dist = init_distributed()
+    model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
+    engine, _, _ = wrap_model(model, cfg, dist.device, "fp32", dist.world, 1, cfg.optim.lr)
+    load_weights(engine, run / "checkpoints", checkpoint)
+    return cfg, ctx, engine.module.eval(), dist.device
 
 
 if __name__ == "__main__":
