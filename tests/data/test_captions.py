@@ -158,3 +158,37 @@ def test_caption_rows_with_conflicting_labels_or_splits_are_refused(tmp_path, co
     with pytest.raises(ManifestError, match=r"m\.csv: 1 images have caption rows with conflicting .*img/a\.jpg .*line 2.*line 5"):
         load_manifest(DataConfig(manifest=path, group_captions=True))
     load_manifest(DataConfig(manifest=path))  # one sample per row: only a warning, as before
+
+
+def test_collate_and_device_moves_keep_absent_fields_none():
+    import torch
+
+    from engine.data.batch import Batch
+
+    sample = {"images": torch.zeros(3, 4, 4), "input_ids": torch.zeros(5, dtype=torch.long),
+              "attention_mask": torch.zeros(5, dtype=torch.long), "numeric": torch.zeros(1), "categorical": torch.zeros(1),
+              "labels": torch.tensor(1), "index": torch.tensor(7), "captions_ids": None}
+    b = Batch.collate([sample, {**sample, "index": torch.tensor(8)}])
+    assert b.captions_ids is None and b.caption_count is None and b.index.tolist() == [7, 8]
+    assert b.to("cpu").captions_ids is None and b.narrow(1).captions_mask is None
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dali_cache_backend_serves_the_captions(captioned, train):
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
+    from engine.data.dali.loader import DaliCacheLoader
+    from engine.data.dali.pipelines import DecodeSettings
+    from kernels.config import AugmentConfig
+
+    cfg, ctx, _ = captioned
+    split = "train" if train else "val"
+    data = ctx.split(split)
+    loader = DaliCacheLoader(open_cache(cfg, ctx, split), AugmentConfig(hue=0.0), 16, 4, train, 0, 1, cfg.run.seed,
+                             DecodeSettings("cpu"), num_threads=1)
+    for b in loader:
+        p = np.searchsorted(data.rows, b.index.numpy())
+        if train:
+            k = draw_captions(cfg.run.seed, 0, data.rows[p], data.caption_count[p])
+            np.testing.assert_array_equal(b.input_ids.numpy(), data.caption_ids[p, k])
+        else:
+            np.testing.assert_array_equal(b.captions_ids.numpy(), data.caption_ids[p])
