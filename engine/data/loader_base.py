@@ -104,14 +104,16 @@ class ShardedLoader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "world": self.world,
-                "batch_size": self.batch_size, "n": self.n}
+                "batch_size": self.batch_size, "n": self.n, "groups_per_batch": self.groups_per_batch}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the position. Mid-epoch, the batches done only mean the same samples under the same world
-        size, batch size and sample count: anything else would replay or skip samples, so it is refused."""
+        size, batch size, sample count and group composition: anything else would replay or skip samples, so it is
+        refused."""
         epoch, done = int(state["epoch"]), int(state["batches_done"])
-        saved = {k: state[k] for k in ("world", "batch_size", "n") if k in state}
-        now = {"world": self.world, "batch_size": self.batch_size, "n": self.n}
+        # groups_per_batch: 0 without semantic batches; states saved before it existed do not carry it
+        now = {"world": self.world, "batch_size": self.batch_size, "n": self.n, "groups_per_batch": self.groups_per_batch}
+        saved = {k: state[k] for k in now if k in state}
         if done and saved and saved != {k: now[k] for k in saved}:
             from engine.config import ConfigError
 

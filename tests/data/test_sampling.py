@@ -115,3 +115,14 @@ def test_group_column_may_be_any_manifest_column(built):
         bad = make_cfg(cfg.data.manifest, cfg.cache.dir, "--cache.stored_size=16", "--loader.group_column=nope",
                        "--loader.groups_per_batch=1")
         create_loader(bad, ctx, "train", True)
+
+
+def test_mid_epoch_resume_with_other_group_settings_is_refused(built):
+    cfg, ctx = built
+    from engine.config import ConfigError
+
+    part = create_loader(cfg, ctx, "train", True)
+    next(iter(part))
+    plain = make_cfg(cfg.data.manifest, cfg.cache.dir, "--cache.stored_size=16")
+    with pytest.raises(ConfigError, match="cannot resume mid-epoch"):
+        create_loader(plain, ctx, "train", True).load_state_dict(part.state_dict())
