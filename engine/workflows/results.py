@@ -101,7 +101,8 @@ def markdown(rows: list[dict], names: list[str], groups: list[str], columns: lis
 
 
 def write_results(out: Path, runs_dir: Path, names: list[str], groups: list[str]) -> tuple[list[str], list[str]]:
-    """Write results.csv / .md / .png for the finished ones of ``names``; returns (finished, missing)."""
+    """Write results.csv / .md / .png (and results_mean_std.csv with repeats) for the finished ones of ``names``;
+    returns (finished, missing)."""
     found = [(n, g, run_row(runs_dir / n)) for n, g in zip(names, groups)]
     done = [(n, g, r) for n, g, r in found if r is not None]
     missing = [n for n, _, r in found if r is None]
@@ -115,9 +116,16 @@ def write_results(out: Path, runs_dir: Path, names: list[str], groups: list[str]
         w.writerow(["variant", *columns])
         for n, r in zip(names_, rows):
             w.writerow([n, *("" if r.get(c) is None else r[c] for c in columns)])
+    agg = aggregate(rows, groups_, columns)
+    if any(a["n"] > 1 for a in agg):  # repeats (seeds): mean and std per variant, machine-readable too
+        with open(out / "results_mean_std.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["variant", "n", *(f"{c}_{s}" for c in columns for s in ("mean", "std"))])
+            for a in agg:
+                w.writerow([a["variant"], a["n"], *(v for c in columns for v in a[c])])
     note = f"\nNot finished yet: {', '.join(missing)}\n" if missing else ""
     (out / "results.md").write_text(markdown(rows, names_, groups_, columns) + note)
-    plot_results(aggregate(rows, groups_, columns), out / "results.png")
+    plot_results(agg, out / "results.png")
     return names_, missing
 
 
@@ -138,8 +146,8 @@ def plot_results(agg: list[dict], path: Path) -> None:
     for i, m in enumerate(metrics):
         means = [a.get(m, (math.nan, math.nan))[0] for a in agg]
         stds = [a.get(m, (math.nan, math.nan))[1] for a in agg]
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, label=m,
-               yerr=[0 if math.isnan(s) else s for s in stds], capsize=3)
+        errors = None if all(math.isnan(s) for s in stds) else [0 if math.isnan(s) else s for s in stds]
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, label=m, yerr=errors, capsize=3)
     ax.set_xticks(x, [a["variant"] for a in agg], rotation=20, ha="right", fontsize=8)
     ax.set(ylim=(0, 1.05), ylabel="score", title="sweep results" + (" (mean ± std over seeds)" if any(a["n"] > 1 for a in agg) else ""))
     ax.legend(fontsize=8)
