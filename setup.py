@@ -14,6 +14,8 @@ setup(
         "nvidia-dali-cuda120>=1.40",  # GPU JPEG decode; CPU operators run without a GPU
         "timm>=1.0",  # vision backbones by name
         "transformers>=4.45",  # text encoders and tokenizers
+        "sentencepiece>=0.2",  # SigLIP / MedSigLIP tokenizers
+        "protobuf>=4.0",  # sentencepiece tokenizers' conversion in transformers
         "deepspeed>=0.15",  # engine, ZeRO, launcher, multi-node
         "numpy>=1.26",
         "tqdm>=4.66",
