@@ -63,8 +63,6 @@ class Config:
     def __post_init__(self):
         for stage in self.train.stages:  # a typo in a stage's overrides fails at load, not when the stage starts
             apply_stage_overrides(self, stage.overrides, f"train.stages[{stage.name}].overrides")
-
-    def __post_init__(self):
         check_across_sections(self)
 
     @property

@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from engine.models._encoders import EncoderStages
 from engine.models.backbones import backbone_layer_ids, create_backbone, resolve_backbone
 from engine.models.config import ModelConfig
 from engine.models.contrastive import ContrastiveHead, EmbeddingQueue, contrastive_loss, gather_detached
@@ -62,11 +63,10 @@ def _same_checkpoint(cfg: ModelConfig, image: nn.Module, text: TextEncoder) -> O
     return None
 
 
-class DualEncoderModel(nn.Module):
+class DualEncoderModel(EncoderStages):
     """Takes normalised float images [B,3,H,W] and token ids/mask [B,L]; tabular inputs are accepted (the trainer
     passes every batch field) and unused: a retrieval model has no tabular branch."""
 
-    frozen: bool = False
 
     def __init__(self, cfg: ModelConfig, num_numeric: int = 0, cardinalities: Optional[list[int]] = None):
         super().__init__()
@@ -189,27 +189,11 @@ class DualEncoderModel(nn.Module):
         yield self.image
         yield self.text
 
-    def set_frozen(self, frozen: bool) -> None:
-        """Freeze (or unfreeze) both towers; frozen, their norm statistics stay fixed. Projections always train."""
-        self.frozen = frozen
-        for encoder in self._encoders():
-            encoder.requires_grad_(not frozen)
-        self.train(self.training)
-
     def train(self, mode: bool = True) -> "DualEncoderModel":
-        super().train(mode)
-        if self.frozen:  # frozen encoders must not update BatchNorm running statistics
-            for encoder in self._encoders():
-                for module in encoder.modules():
-                    if isinstance(module, nn.modules.batchnorm._NormBase):
-                        module.eval()
+        super().train(mode)  # EncoderStages: frozen towers keep their norm statistics
         if hasattr(self, "momentum_towers"):
             self.momentum_towers.eval()  # no dropout in the keys; its statistics follow the trained towers'
         return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for encoder in self._encoders():
-            encoder.set_grad_checkpointing(enable)
 
     def param_groups(self, lr_scales: Optional[dict[str, float]] = None) -> list[dict]:
         """Every trainable parameter (now or after unfreezing) in exactly one group, as FusionModel.param_groups:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models._encoders import EncoderStages
 from engine.models.backbones import backbone_layer_ids, backbone_token_dim, backbone_tokens, create_backbone
 from engine.models.config import ModelConfig
 from engine.models.contrastive import ContrastiveHead, contrastive_loss
@@ -41,14 +42,12 @@ def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits.float(), labels.float() if labels.is_floating_point() else labels)
 
 
-class FusionModel(nn.Module):
+class FusionModel(EncoderStages):
     """Takes normalised float images [B,3,H,W], token ids/mask [B,L], numeric [B,N] and categorical [B,K] tensors.
 
     Inputs of a switched-off branch are ignored (pass empty tensors). ``self.modalities``
     lists the active branches in the order of the mask and the fusion weights.
     """
-
-    frozen: bool = False
 
     def __init__(self, cfg: ModelConfig, num_classes: int, num_numeric: int = 0, cardinalities: Optional[list[int]] = None):
         super().__init__()
@@ -173,27 +172,6 @@ class FusionModel(nn.Module):
         for name in ("image", "text"):
             if name in self.modalities:
                 yield getattr(self, name)
-
-    def set_frozen(self, frozen: bool) -> None:
-        """Freeze (or unfreeze) the image backbone and text encoder; frozen, their norm statistics stay fixed."""
-        self.frozen = frozen
-        for encoder in self._encoders():
-            encoder.requires_grad_(not frozen)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "FusionModel":
-        super().train(mode)
-        if self.frozen:  # frozen encoders must not update BatchNorm running statistics
-            for encoder in self._encoders():
-                for module in encoder.modules():
-                    if isinstance(module, nn.modules.batchnorm._NormBase):
-                        module.eval()
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute backbone / text encoder activations in backward (non-reentrant: frozen parts pass gradients on)."""
-        for encoder in self._encoders():
-            encoder.set_grad_checkpointing(enable)
 
     def param_groups(self, lr_scales: Optional[dict[str, float]] = None) -> list[dict]:
         """Every parameter (trainable now or after unfreezing) in exactly one group.
