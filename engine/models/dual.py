@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from engine.models._encoders import EncoderStages
-from engine.models.backbones import backbone_layer_ids, create_backbone, resolve_backbone
+from engine.models.backbones import create_backbone, resolve_backbone
 from engine.models.config import ModelConfig
 from engine.models.contrastive import ContrastiveHead, EmbeddingQueue, contrastive_loss, gather_detached
 from engine.models.text import TextEncoder
@@ -199,24 +199,7 @@ class DualEncoderModel(EncoderStages):
         """Every trainable parameter (now or after unfreezing) in exactly one group, as FusionModel.param_groups:
         ``backbone`` (image tower), ``text``, ``head`` (projections, scale, bias); the momentum copy is not
         trained by the optimizer and has no group."""
-        depth = {"backbone": backbone_layer_ids(self.image), "text": self.text.layer_ids()}
-        lr_scale = lr_scales or {}
-        no_decay_names = set(self.image.no_weight_decay()) if hasattr(self.image, "no_weight_decay") else set()
-        groups: dict[tuple, dict] = {}
-        for full_name, param in self.named_parameters():
-            top, _, local = full_name.partition(".")
-            if top in _UNTRAINED:
-                continue
-            name = _GROUP_OF[top]  # KeyError here = a new submodule that needs a group
-            ids, num_layers = depth.get(name, ({}, 1))
-            layer_id = ids.get(local) if name in depth else None
-            no_decay = param.ndim <= 1 or (top == "image" and local in no_decay_names)
-            key = (name, layer_id, no_decay)
-            if key not in groups:
-                groups[key] = {"name": name, "params": [], "lr_scale": lr_scale.get(name, 1.0), "layer_id": layer_id,
-                               "num_layers": num_layers, "no_weight_decay": no_decay}
-            groups[key]["params"].append(param)
-        return list(groups.values())
+        return self._grouped_parameters(_GROUP_OF, lr_scales, skip=_UNTRAINED)
 
 
 def _float_buffers(module: nn.Module) -> list[torch.Tensor]:

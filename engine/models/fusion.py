@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models._encoders import EncoderStages
-from engine.models.backbones import backbone_layer_ids, backbone_token_dim, backbone_tokens, create_backbone
+from engine.models.backbones import backbone_token_dim, backbone_tokens, create_backbone
 from engine.models.config import ModelConfig
 from engine.models.contrastive import ContrastiveHead, contrastive_loss
 from engine.models.fusers import create_fuser
@@ -183,23 +183,4 @@ class FusionModel(EncoderStages):
         ``num_layers``, and ``no_weight_decay`` (every 1-d parameter: biases, norms, scalars; plus what the timm backbone lists in its own no_weight_decay(), e.g. ViT position embeddings).
         Layer-wise decay: lr * lr_scale * decay ** (num_layers - 1 - layer_id).
         """
-        depth: dict[str, tuple[dict[str, int], int]] = {}
-        if "image" in self.modalities:
-            depth["backbone"] = backbone_layer_ids(self.image)
-        if "text" in self.modalities:
-            depth["text"] = self.text.layer_ids()
-        lr_scale = lr_scales or {}
-        no_decay_names = set(self.image.no_weight_decay()) if hasattr(getattr(self, "image", None), "no_weight_decay") else set()
-
-        groups: dict[tuple, dict] = {}
-        for full_name, param in self.named_parameters():
-            top, _, local = full_name.partition(".")
-            name = _GROUP_OF[top]  # KeyError here = a new submodule that needs a group
-            ids, num_layers = depth.get(name, ({}, 1))
-            layer_id = ids.get(local) if name in depth else None
-            no_decay = param.ndim <= 1 or (top == "image" and local in no_decay_names)
-            key = (name, layer_id, no_decay)
-            if key not in groups:
-                groups[key] = {"name": name, "params": [], "lr_scale": lr_scale.get(name, 1.0), "layer_id": layer_id, "num_layers": num_layers, "no_weight_decay": no_decay}
-            groups[key]["params"].append(param)
-        return list(groups.values())
+        return self._grouped_parameters(_GROUP_OF, lr_scales)

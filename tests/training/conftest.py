@@ -27,6 +27,14 @@ def tiny_overrides(tiny_demo_dataset, tiny_text_encoder, tmp_path_factory) -> li
     return overrides
 
 
+def module_weights(run: Path, tag: str = "last") -> dict:
+    """The model weights of a run's checkpoint ``tag`` (DeepSpeed's model file, loaded without unpickling code)."""
+    import torch
+
+    path = Path(run) / "checkpoints" / tag / "mp_rank_00_model_states.pt"
+    return torch.load(path, map_location="cpu", weights_only=True)["module"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

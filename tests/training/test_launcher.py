@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.training.conftest import PY, deepspeed_cmd, run_cmd
+from tests.training.conftest import PY, deepspeed_cmd, module_weights, run_cmd
 
 SCALARS = ("val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro", "val_num_samples")
 
@@ -122,11 +122,7 @@ def test_two_ranks_resume_mid_epoch_bitwise(two_rank_run, tiny_overrides, tmp_pa
     assert [r["epoch"] for r in read_records(killed)] == [1]  # epoch 2 was cut short
     deepspeed_cmd(2, "engine/train.py", *args, "--resume")
 
-    def weights(run: Path) -> dict:
-        path = run / "checkpoints" / "last" / "mp_rank_00_model_states.pt"
-        return torch.load(path, map_location="cpu", weights_only=False)["module"]
-
-    reference, resumed = weights(two_rank_run), weights(killed)
+    reference, resumed = module_weights(two_rank_run), module_weights(killed)
     different = [k for k in reference if not torch.equal(reference[k], resumed[k])]
     assert reference.keys() == resumed.keys() and not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     assert [r["val_loss"] for r in read_records(killed)] == [r["val_loss"] for r in read_records(two_rank_run)]

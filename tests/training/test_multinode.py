@@ -10,15 +10,10 @@ from pathlib import Path
 
 import torch
 
-from tests.training.conftest import DEEPSPEED, ROOT, deepspeed_cmd, env, free_port
+from tests.training.conftest import DEEPSPEED, ROOT, deepspeed_cmd, env, free_port, module_weights
 from tests.training.test_launcher import read_records
 
 ARGS = ["--train.epochs=2", "--optim.lr=0.003", "--loader.batch_size=4", "--train.max_steps_per_epoch=3"]
-
-
-def weights(run: Path) -> dict:
-    path = run / "checkpoints" / "last" / "mp_rank_00_model_states.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)["module"]
 
 
 def launch_two_nodes(args: list[str], tmp: Path) -> None:
@@ -39,7 +34,7 @@ def test_two_nodes_equal_one_node_with_two_ranks(tiny_overrides, tmp_path):
     deepspeed_cmd(2, "engine/train.py", *common, "--run.name=one_node")
     launch_two_nodes([*common, "--run.name=two_nodes"], tmp_path)
     one, two = tmp_path / "one_node", tmp_path / "two_nodes"
-    a, b = weights(one), weights(two)
+    a, b = module_weights(one), module_weights(two)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_loss"] for r in read_records(one)] == [r["val_loss"] for r in read_records(two)]
     assert (two / "config.yaml").read_text().count("world_size: 2") == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.conftest import deepspeed_cmd, train_cmd
+from tests.training.conftest import deepspeed_cmd, module_weights, train_cmd
 
 BF16 = ["--train.precision=bf16", "--run.deterministic=true"]
 
@@ -27,8 +27,7 @@ def untimed(recs: list[dict]) -> list[dict]:
 
 
 def saved_module(run: Path, tag: str) -> dict[str, torch.Tensor]:
-    path = run / "checkpoints" / tag / "mp_rank_00_model_states.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    return module_weights(run, tag)
 
 
 def check_bf16_run(run: Path, epochs: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.conftest import PY, deepspeed_cmd, run_cmd
+from tests.training.conftest import PY, deepspeed_cmd, module_weights, run_cmd
 
 RETRIEVAL_KEYS = ("val_i2t_r1", "val_i2t_r5", "val_i2t_r10", "val_t2i_r1", "val_t2i_r5", "val_t2i_r10", "val_mean_rank",
                   "val_median_rank")
@@ -41,10 +41,6 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def weights(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
-
-
 @pytest.fixture(scope="module")
 def two_rank_retrieval(caption_overrides, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("retrieval")
@@ -62,7 +58,7 @@ def test_two_rank_retrieval_run_logs_recall_and_scores_test(two_rank_retrieval):
     assert summary["best"]["epoch"] and "val_t2i_r5" in summary["best"]
     test = summary["test"]
     assert test["test_num_images"] == 12 and test["test_num_texts"] == 36  # every caption of every test photo
-    assert "queue.image" in "".join(weights(two_rank_retrieval))  # the queue is part of the checkpoint
+    assert "queue.image" in "".join(module_weights(two_rank_retrieval))  # the queue is part of the checkpoint
 
 
 def test_evaluate_tool_gives_the_recorded_test_metrics(two_rank_retrieval):
@@ -86,7 +82,7 @@ def test_two_ranks_resume_mid_epoch_bitwise_with_queue_and_captions(two_rank_ret
             "--train.checkpoint_every_steps=1"]
     deepspeed_cmd(2, "engine/train.py", *args, "--stop-after-step=3")
     deepspeed_cmd(2, "engine/train.py", *args, "--resume")
-    a, b = weights(two_rank_retrieval), weights(tmp_path / "cut")
+    a, b = module_weights(two_rank_retrieval), module_weights(tmp_path / "cut")
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert a.keys() == b.keys() and not different, different[:5]
     assert [r["val_t2i_r5"] for r in records(tmp_path / "cut")] == [r["val_t2i_r5"] for r in records(two_rank_retrieval)]
@@ -103,7 +99,7 @@ def test_bf16_sigmoid_loss_momentum_towers(caption_overrides, tmp_path):
     assert [r["epoch"] for r in recs] == [1, 2] and all("val_zeroshot_top1" in r for r in recs)
     config = (tmp_path / "bf16" / "config.yaml").read_text()
     assert "precision: bf16" in config
-    w = weights(tmp_path / "bf16")
+    w = module_weights(tmp_path / "bf16")
     assert any(k.startswith("momentum_towers.") for k in w) and w["contrastive.logit_bias"].dtype == torch.bfloat16
 
 

@@ -10,14 +10,11 @@ import torch
 from engine.config import load_config
 from engine.training import loop
 from engine.training.checkpoint import peek_state
+from tests.training.conftest import module_weights  # noqa: F401  (test_stages imports it from here too)
 
 
 def make_cfg(tiny_overrides, out: Path, name: str, *extra: str):
     return load_config("configs/demo.yaml", [*tiny_overrides, f"--run.output_dir={out}", f"--run.name={name}", *extra])
-
-
-def module_weights(run_dir: Path, tag: str = "last") -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
 
 
 def records(run_dir: Path) -> list[dict]:
