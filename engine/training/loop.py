@@ -21,14 +21,13 @@ from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
 from engine.training.distill import Teacher, load_teacher
 from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
-                                         launch_rank_world, restore_buffers)
-from engine.training.metrics import classification_metrics
+                                         restore_buffers)
+from engine.training.metrics import RETRIEVAL_METRICS, classification_metrics
 from engine.training.monitor import Monitor, plot_curves
 from engine.training.optim import loss_class_weights
 from engine.training.preflight import check_run
 from engine.training.run_dir import RunDir, provenance
 from engine.training.run_stats import run_statistics
-from engine.training.retrieval import RETRIEVAL_METRICS, check_inputs
 from engine.training.stages import keep_frozen_norms, stage_config, stage_lr, stage_named, stage_of
 from engine.training.step import DevicePipe, training_loss
 from engine.training.wrap import release, wrap_model
@@ -60,7 +59,6 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     hardware.check_local_card()  # a card the installed torch has no kernels for: refused, naming the build to install
     checked = check_run(cfg, resume)  # the user's inputs, before DeepSpeed starts (minutes on a busy machine)
     ctx, precision = checked.ctx, checked.precision
-    check_inputs(cfg, ctx, launch_rank_world()[1])  # tower input size / normalisation, a retrieval run's queue
     dist = init_distributed()
     seed_everything(cfg.run.seed, dist.rank, cfg.run.deterministic)
     run = RunDir(cfg, dist.is_main)

@@ -52,6 +52,7 @@ def check_run(cfg: Config, resume: bool) -> CheckedRun:
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
                       required_splits=("train", "val", "test") if cfg.eval.test else ("train", "val"))
     check_batches(cfg, ctx, world)
+    check_model_inputs(cfg, ctx, world)
     check_caches(cfg, ctx)
     if resume:
         check_resume_fits(cfg, ctx)
@@ -197,3 +198,20 @@ def model_differences(saved: dict, now: dict) -> list[tuple[str, object, object]
         if old is not None and list(old) != list(new or []):
             out.append((f"data.{key}", old, new))
     return out
+
+
+def check_model_inputs(cfg: Config, ctx: DataContext, world: int) -> None:
+    """What the model needs of the data: a tower's input size and normalisation, text to encode, and for a
+    retrieval run no mixing and a queue the training set can fill."""
+    from engine.models import check_input_spec, check_queue_size
+
+    check_input_spec(cfg.model, cfg.data.image_size, cfg.augment.mean, cfg.augment.std)
+    if cfg.model.text_encoder and not cfg.data.text_column:
+        raise ConfigError(f"model.text_encoder={cfg.model.text_encoder!r} but data.text_column is null: the text branch "
+                          "would see no tokens; set model.text_encoder: null (no text branch) or name the text column")
+    if cfg.model.task != "retrieval":
+        return
+    if cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha:
+        raise ConfigError("augment.mixup_alpha / cutmix_alpha mix images but not their captions: a retrieval run "
+                          "(model.task=retrieval) needs them at 0")
+    check_queue_size(cfg.model.queue_size, len(ctx.split("train")), cfg.loader.batch_size * world)

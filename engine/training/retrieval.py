@@ -15,24 +15,6 @@ from tqdm import tqdm
 
 from engine.config import Config
 from engine.training.distributed import DistInfo, all_gather_cat
-from engine.training.metrics import RETRIEVAL_METRICS  # noqa: F401  (the names the loop's summary picks)
-
-
-def check_inputs(cfg: Config, ctx, world: int) -> None:
-    """What a dual encoder or a pretrained tower needs of the data, checked before DeepSpeed starts."""
-    from engine.config import ConfigError
-    from engine.models import check_input_spec, check_queue_size
-
-    check_input_spec(cfg.model, cfg.data.image_size, cfg.augment.mean, cfg.augment.std)
-    if cfg.model.text_encoder and not cfg.data.text_column:
-        raise ConfigError(f"model.text_encoder={cfg.model.text_encoder!r} but data.text_column is null: the text branch "
-                          "would see no tokens; set model.text_encoder: null (no text branch) or name the text column")
-    if cfg.model.task != "retrieval":
-        return
-    if cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha:
-        raise ConfigError("augment.mixup_alpha / cutmix_alpha mix images but not their captions: a retrieval run "
-                          "(model.task=retrieval) needs them at 0")
-    check_queue_size(cfg.model.queue_size, len(ctx.split("train")), cfg.loader.batch_size * world)
 
 
 @torch.no_grad()
