@@ -88,13 +88,12 @@ def test_two_ranks_resume_mid_epoch_bitwise_with_queue_and_captions(two_rank_ret
     assert [r["val_t2i_r5"] for r in records(tmp_path / "cut")] == [r["val_t2i_r5"] for r in records(two_rank_retrieval)]
 
 
-def test_bf16_sigmoid_loss_momentum_towers(caption_overrides, tmp_path):
-    train_cmd(caption_overrides, f"--run.output_dir={tmp_path}", "--run.name=bf16", "--train.precision=bf16",
-              "--model.contrastive_loss=sigmoid", "--model.momentum=0.9", "--train.epochs=1",
-              "--train.stages=[{name: all, epochs: 1}]", "--eval.zero_shot_prompt=a {} photo")
-    train_cmd(caption_overrides, f"--run.output_dir={tmp_path}", "--run.name=bf16", "--train.precision=bf16",
-              "--model.contrastive_loss=sigmoid", "--model.momentum=0.9", "--train.epochs=2",
-              "--train.stages=[{name: all, epochs: 2}]", "--eval.zero_shot_prompt=a {} photo", "--resume")
+def test_bf16_sigmoid_loss_momentum_towers_under_the_launcher(caption_overrides, tmp_path):
+    common = ["--config", "configs/demo_retrieval.yaml", *caption_overrides, f"--run.output_dir={tmp_path}", "--run.name=bf16",
+              "--train.precision=bf16", "--model.contrastive_loss=sigmoid", "--model.momentum=0.9",
+              "--eval.zero_shot_prompt=a {} photo"]
+    deepspeed_cmd(1, "engine/train.py", *common, "--train.epochs=1", "--train.stages=[{name: all, epochs: 1}]")
+    deepspeed_cmd(1, "engine/train.py", *common, "--train.epochs=2", "--train.stages=[{name: all, epochs: 2}]", "--resume")
     recs = records(tmp_path / "bf16")
     assert [r["epoch"] for r in recs] == [1, 2] and all("val_zeroshot_top1" in r for r in recs)
     config = (tmp_path / "bf16" / "config.yaml").read_text()
