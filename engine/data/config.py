@@ -87,6 +87,11 @@ class LoaderConfig:
     pin_memory: bool = True  # page-locked host buffers (only used with a GPU)
     balanced_sampling: Literal["none", "inverse", "sqrt"] = "none"  # class-balanced training order
     release_pages: bool = False  # cache: unmap read pages as it goes (flat file-backed RSS, ~1/3 slower)
+    # training order: random (any sample next; for caches in the page cache) or block (caches larger than memory:
+    # blocks of block_size consecutive records in a random order, shuffled within windows of shuffle_window blocks)
+    order: Literal["random", "block"] = "random"
+    block_size: int = 64  # records per block (order: block); a block is read from disk in one sweep
+    shuffle_window: int = 32  # blocks shuffled together (order: block); the window's records must fit in memory
     dali_prealloc_mb: int = 0  # DALI nvJPEG host/device buffer preallocation; 0 = card default
     dali_hw_decoder_load: Optional[float] = None  # share of JPEGs to the A100/H100 hardware decoder; null = per card
     # semantic batches (training): each global batch (batch_size x ranks) draws from groups_per_batch values of this
@@ -107,6 +112,9 @@ class LoaderConfig:
             raise ValueError(f"loader.dali_prealloc_mb must be >= 0, got {self.dali_prealloc_mb}")
         if self.dali_hw_decoder_load is not None and not 0 <= self.dali_hw_decoder_load <= 1:
             raise ValueError(f"loader.dali_hw_decoder_load must be in [0, 1] or null, got {self.dali_hw_decoder_load}")
+        if self.block_size <= 0 or self.shuffle_window <= 0:
+            raise ValueError(f"loader.block_size and loader.shuffle_window must be positive, got {self.block_size} and "
+                             f"{self.shuffle_window}")
         if (self.group_column is None) != (self.groups_per_batch is None):
             raise ValueError("loader.group_column and loader.groups_per_batch go together: set both or neither")
         if self.groups_per_batch is not None:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from engine.data.batch import Batch
-from engine.data.sampling import (epoch_order, eval_per_rank, group_epoch_order, repeat_counts, shard_eval, shard_train,
-                                  train_batches_per_rank)
+from engine.data.sampling import (block_shuffle, epoch_order, eval_per_rank, group_epoch_order, repeat_counts, shard_eval,
+                                  shard_train, train_batches_per_rank)
 
 
 class ShardedLoader:
@@ -34,6 +34,7 @@ class ShardedLoader:
         self.sample_weights = sample_weights
         self.sample_groups: Optional[np.ndarray] = None  # int64 [n] per served position (group_batches)
         self.groups_per_batch = 0
+        self.blocks: Optional[tuple[int, int]] = None  # (block_size, shuffle_window) in block order (block_order)
         self.epoch = 0
         self.batches_done = 0  # within the current epoch
 
@@ -51,12 +52,22 @@ class ShardedLoader:
         self.sample_groups = groups[self.served_positions()] if len(groups) != self.n else groups
         self.groups_per_batch = groups_per_batch
 
+    def block_order(self, block_size: int, shuffle_window: int) -> None:
+        """Train in block-shuffled order (``sampling.block_shuffle``): windows of whole blocks of consecutive
+        positions, for caches larger than memory."""
+        if self.train:
+            self.blocks = (block_size, shuffle_window)
+
     def global_order(self) -> np.ndarray:
         """The current training epoch's order of all positions, before sharding (identical on every rank)."""
+        base = None
+        if self.blocks is not None:
+            base = block_shuffle(epoch_order(self.n, self.seed, self.epoch, self.sample_weights), *self.blocks,
+                                 self.seed, self.epoch)
         if self.sample_groups is not None:
             return group_epoch_order(self.sample_groups, self.groups_per_batch, self.batch_size, self.world,
-                                     self.seed, self.epoch)[0]
-        return epoch_order(self.n, self.seed, self.epoch, self.sample_weights)
+                                     self.seed, self.epoch, base)[0]
+        return base if base is not None else epoch_order(self.n, self.seed, self.epoch, self.sample_weights)
 
     def positions(self) -> np.ndarray:
         """This rank's sample positions for the current epoch, in order."""
@@ -102,23 +113,28 @@ class ShardedLoader:
         backends that augment on the host, per sample."""
         raise NotImplementedError
 
+    def _order_name(self) -> str:
+        return "random" if self.blocks is None else "block:{}x{}".format(*self.blocks)
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "world": self.world,
-                "batch_size": self.batch_size, "n": self.n, "groups_per_batch": self.groups_per_batch}
+                "batch_size": self.batch_size, "n": self.n, "groups_per_batch": self.groups_per_batch,
+                "order": self._order_name()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the position. Mid-epoch, the batches done only mean the same samples under the same world
-        size, batch size, sample count and group composition: anything else would replay or skip samples, so it is
-        refused."""
+        size, batch size, sample count, group composition and order (random, or block:SIZExWINDOW): anything else would
+        replay or skip samples, so it is refused."""
         epoch, done = int(state["epoch"]), int(state["batches_done"])
-        # groups_per_batch: 0 without semantic batches; states saved before it existed do not carry it
-        now = {"world": self.world, "batch_size": self.batch_size, "n": self.n, "groups_per_batch": self.groups_per_batch}
+        # groups_per_batch: 0 without semantic batches; states saved before it or order existed do not carry them
+        now = {"world": self.world, "batch_size": self.batch_size, "n": self.n, "groups_per_batch": self.groups_per_batch,
+               "order": self._order_name()}
         saved = {k: state[k] for k in now if k in state}
         if done and saved and saved != {k: now[k] for k in saved}:
             from engine.config import ConfigError
 
             raise ConfigError(f"cannot resume mid-epoch (epoch {epoch + 1}, after {done} batches per rank): the run was "
                               f"saved with {saved} and now has {now}, so the rest of the epoch would replay or skip "
-                              "samples. Resume with the original world size and loader.batch_size, or from a checkpoint "
-                              "taken at the end of an epoch")
+                              "samples. Resume with the original world size, loader.batch_size and loader.order settings, "
+                              "or from a checkpoint taken at the end of an epoch")
         self.epoch, self.batches_done = epoch, done

@@ -28,6 +28,8 @@ def create_loader(cfg, ctx: DataContext, split: str, train: bool, rank: int = 0,
     if train and cfg.loader.balanced_sampling != "none":
         weights = class_weights(data.labels, cfg.loader.balanced_sampling)
     loader = _BACKENDS[backend](cfg, ctx, split, train, rank, world, weights)
+    if train and cfg.loader.order == "block":
+        loader.block_order(cfg.loader.block_size, cfg.loader.shuffle_window)
     if train and cfg.loader.group_column:
         loader.group_batches(ctx.group_ids(split, cfg.loader.group_column), cfg.loader.groups_per_batch)
     return loader

@@ -52,3 +52,26 @@ def make_ctx(cfg) -> DataContext:
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return write_dataset(tmp_path / "data")
+
+
+def assert_resumes_exactly(cfg, ctx, epoch: int, after: int) -> dict:
+    """A training loader stopped after ``after`` batches of ``epoch`` and resumed from its state serves the rest of
+    the epoch batch for batch (indices and pixels) as an uninterrupted one; returns the state it resumed from."""
+    from engine.data.loaders import create_loader
+
+    full = create_loader(cfg, ctx, "train", True)
+    full.set_epoch(epoch)
+    expected = [(b.index.clone(), b.images.clone()) for b in full]
+    part = create_loader(cfg, ctx, "train", True)
+    part.set_epoch(epoch)
+    it = iter(part)
+    for _ in range(after):
+        next(it)
+    state = part.state_dict()
+    resumed = create_loader(cfg, ctx, "train", True)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(expected) - after
+    for (idx, img), b in zip(expected[after:], rest):
+        assert idx.tolist() == b.index.tolist() and bool((img == b.images).all())
+    return state

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.data.conftest import make_cfg, make_ctx, write_dataset
+from tests.data.conftest import assert_resumes_exactly, make_cfg, make_ctx, write_dataset
 from engine.data.cache import build_cache
 from engine.data.loaders import create_loader
 
@@ -68,22 +68,7 @@ def test_order_is_seeded_and_changes_with_epoch(built):
 
 
 def test_mid_epoch_resume_yields_the_remaining_batches(built):
-    cfg, ctx = built
-    full = create_loader(cfg, ctx, "train", True)
-    full.set_epoch(2)
-    expected = [(b.index.clone(), b.images.clone()) for b in full]
-    part = create_loader(cfg, ctx, "train", True)
-    part.set_epoch(2)
-    it = iter(part)
-    for _ in range(3):
-        next(it)
-    state = part.state_dict()
-    resumed = create_loader(cfg, ctx, "train", True)
-    resumed.load_state_dict(state)
-    rest = list(resumed)
-    assert len(rest) == len(expected) - 3
-    for (idx, img), b in zip(expected[3:], rest):
-        assert idx.tolist() == b.index.tolist() and bool((img == b.images).all())
+    assert_resumes_exactly(*built, epoch=2, after=3)
 
 
 def test_mid_epoch_resume_refuses_another_world_size_or_batch_size(built):
