@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from engine.workflows.reliance import active_modalities, reliance_rows, write_reliance
 
     cfg = load_run_config(args.run, overrides)
+    modalities = active_modalities(cfg)  # a retrieval run is refused here, before any evaluation
     results = {}
-    for masked in [[]] + [[m] for m in active_modalities(cfg)]:
+    for masked in [[]] + [[m] for m in modalities]:
         metrics = evaluate_run(args.run, args.split, args.checkpoint, [*overrides, f"--model.mask_modalities={masked}"])
         results["+".join(masked) or "none"] = metrics
     rows = reliance_rows(results, args.split)

@@ -70,6 +70,10 @@ class ModelConfig:
             raise ValueError(f"model.queue_size must be >= 0, got {self.queue_size}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"model.momentum must be in [0, 1), got {self.momentum}")
+        if self.task == "retrieval" and self.mask_modalities:  # DualEncoderModel has no fusion to mask: say so, not ignore it
+            raise ValueError(f"model.mask_modalities={self.mask_modalities} masks a fusion classifier's branches; a "
+                             "retrieval model (model.task=retrieval) scores the similarity of both towers' embeddings "
+                             "and cannot drop either")
         if self.task == "classify" and (self.queue_size or self.momentum):
             raise ValueError("model.queue_size / model.momentum are for model.task=retrieval")
         if self.momentum and not self.queue_size:

@@ -13,6 +13,8 @@ import json
 import math
 from pathlib import Path
 
+from engine.errors import ConfigError
+
 METRICS = ("top1", "auc_macro", "f1_macro", "loss")  # drop = all-present minus masked (for loss: masked minus all)
 
 
@@ -23,7 +25,20 @@ def eval_stem(split: str, checkpoint: str, masked: list[str] | tuple[str, ...] =
 
 
 def active_modalities(cfg) -> list[str]:
-    """The branches a run's model has, in the model's order (engine/models/fusion.py builds the same ones)."""
+    """The branches a run's model has, in the model's order (engine/models/fusion.py builds the same ones).
+
+    A dual encoder (``model.task=retrieval``) is refused: its score is the similarity of an image embedding and a
+    text embedding, so masking either tower leaves nothing to compare: every pair scores the same, and recall then
+    measures how ties are broken, for any model. The table would say "relies fully on both" whatever was learnt.
+    """
+    if cfg.model.task == "retrieval":
+        raise ConfigError(
+            "model.task=retrieval: modality reliance masks one branch of a fusion classifier and measures what is "
+            "lost; a dual encoder scores image-text pairs by the similarity of its two towers' embeddings, so "
+            "masking either tower gives every pair the same score: recall would measure how ties are broken, not the "
+            "model. "
+            "To see what each tower carries for a label, train a fusion classifier on them (model.task=classify, "
+            "e.g. configs/medsiglip_classifier.yaml) and run tools/reliance.py on that run")
     out = []
     if cfg.model.backbone:
         out.append("image")

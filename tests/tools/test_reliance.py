@@ -4,7 +4,7 @@ import json
 import pytest
 
 from engine.workflows.reliance import eval_stem
-from tests.training.conftest import PY, run_cmd
+from tests.training.conftest import PY, ROOT, run_cmd
 
 
 def test_masked_evaluations_have_their_own_stem():
@@ -30,3 +30,24 @@ def test_reliance_table(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert rows["none"]["top1"] == pytest.approx(summary["best"]["val_top1"])
     assert (ev / "reliance_val_best.md").read_text().startswith("| masked |")
+
+
+def test_retrieval_run_is_refused_before_any_evaluation(tmp_path, capsys):
+    """A dual encoder has no fusion to mask: masking a tower makes every image-text pair score the same."""
+    import yaml
+
+    from engine.config import ConfigError, load_config
+    from tools.reliance import main
+
+    run = tmp_path / "retrieval"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(load_config(ROOT / "configs/demo_retrieval.yaml").to_dict()))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run", str(run)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.task=retrieval" in err and "same score" in err, err
+    assert not (run / "eval").exists()  # refused before any evaluation started
+    # evaluate.py's masking would be ignored by the dual encoder, overwriting the unmasked files: refused by key
+    with pytest.raises(ConfigError, match="model.mask_modalities"):
+        load_config(ROOT / "configs/demo_retrieval.yaml", ["--model.mask_modalities=[text]"])
