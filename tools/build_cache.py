@@ -1,10 +1,20 @@
 """Build (or resume, or verify) the decode caches of the configured splits.
 
     python tools/build_cache.py --config CONFIG [--section.key=value ...] [--verify]
+    python tools/build_cache.py --config CONFIG --shard I/N     # on N processes or machines, I = 0 .. N-1
+    python tools/build_cache.py --config CONFIG --seal          # once every shard is done
 
 Builds ``cache.splits`` into ``cache.dir`` (see engine/data/cache/). A killed
 build resumes where it stopped when run again. ``--verify`` checks every record
 of the existing caches against its checksum instead of building.
+
+``--shard I/N`` builds shard I of N of each split into the shared ``cache.dir``
+beside the other shards' builders (disjoint record ranges, one lock per shard;
+a killed shard resumes when rerun). ``--shard auto`` takes I and N from the
+launcher (``deepspeed``/``torchrun``: RANK and WORLD_SIZE; SLURM: SLURM_PROCID and
+SLURM_NTASKS), so each rank of a launch builds its share. ``--seal`` verifies
+every record and finishes the caches, byte-identical to a single-process build,
+or names the shards that are still running, unfinished or not started.
 
 Exit status: 0 done (or every record verified); 1 --verify found records that do
 not match their checksums; 2 a cache could not be built, found or read (bad
@@ -30,13 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify", action="store_true", help="check every record of the existing caches against its checksum")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", help="also write each split's build summary here (records, rejects, seconds, images/s, decoder)")
+    p.add_argument("--shard", metavar="I/N", help="build only shard I of N (0-based), or 'auto' from the launcher's rank")
+    p.add_argument("--seal", action="store_true", help="finish a sharded build: verify every record, seal the caches")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the DeepSpeed launcher's
     args, overrides = p.parse_known_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from engine.config import load_config
     from engine.data.cache import CacheError, build_cache, cache_dir, cache_key, verify_cache
+    from engine.data.cache.inventory import record_origin
+    from engine.data.cache.selection import ServedSummary
+    from engine.data.cache.shards import parse_shard
+    from engine.data.cache.writer import seal_cache
     from engine.data.dataset import DataContext
+    from engine.errors import UserError
 
+    if sum((args.verify, args.seal, args.shard is not None)) > 1:
+        raise UserError("--verify, --seal and --shard are different steps: give one of them")
+    shard = parse_shard(args.shard) if args.shard is not None else None
     cfg = load_config(args.config, overrides)
     splits = tuple(cfg.cache.splits)
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
@@ -51,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             print(report.line())
             status |= bool(report.bad)
         else:
-            summary = build_cache(cfg, ctx, split, progress=not args.no_progress)
+            summary = (seal_cache(cfg, ctx, split) if args.seal else
+                       build_cache(cfg, ctx, split, progress=not args.no_progress, shard=shard))
             print(summary.line())
+            if not isinstance(summary, ServedSummary):
+                record_origin(cfg, summary.folder)  # what tools/caches.py says it was built from
             summaries[split] = _figures(summary)
     if args.json:
         Path(args.json).write_text(json.dumps(summaries, indent=1))
@@ -60,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _figures(summary) -> dict:
-    meta = json.loads((summary.folder / "metadata.json").read_text())
+    done = summary.folder / "metadata.json"
+    meta = json.loads(done.read_text()) if done.is_file() else {}  # a shard's summary: the build is not sealed yet
     return {"count": summary.count, "good": summary.good, "rejected": len(summary.rejected), "decoded": summary.decoded,
             "seconds": summary.seconds, "images_per_s": summary.decoded / summary.seconds if summary.seconds else None,
             "up_to_date": summary.up_to_date, "decoder": meta.get("decoder"), "folder": str(summary.folder)}

@@ -62,6 +62,10 @@ class CacheConfig:
     draft: bool = True  # libjpeg DCT-domain downscaling while decoding big JPEGs
     chunk_size: int = 64  # records per unit of work (and of resumable progress)
     decoder: Literal["auto", "pil", "dali"] = "auto"  # Pillow, or DALI (nvJPEG on a GPU); auto: DALI on a GPU, Pillow on CPU
+    # records as raw uint8 (memory-speed reads) or JPEG at jpeg_quality (~8x smaller, decoded by the loader: DALI on
+    # a GPU, Pillow on the CPU; cache.decoder picks as for the build)
+    storage: Literal["raw", "jpeg"] = "raw"
+    jpeg_quality: int = 90  # storage jpeg: libjpeg quality 1-100 (part of the cache key)
 
     def __post_init__(self):
         if self.stored_size < 8:
@@ -70,6 +74,8 @@ class CacheConfig:
             raise ValueError(f"cache.workers must be >= 0, got {self.workers}")
         if self.chunk_size <= 0:
             raise ValueError(f"cache.chunk_size must be positive, got {self.chunk_size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"cache.jpeg_quality must be in 1-100, got {self.jpeg_quality}")
         if not self.dir:
             raise ValueError("cache.dir must not be empty")
         unknown = [s for s in self.splits if s not in ("train", "val", "test")]

@@ -18,6 +18,9 @@ A cache of one split is a folder ``<cache.dir>/<split>-<key[:12]>/``::
     caption_count.npy int64 [N]        }  zero-padded; records stay one per image, so each photo is
     caption_rows.npy int64  [N, K]     }  decoded once (-1 = padding row)
     rejects.csv      record,row,path,reason  (header only when nothing was rejected)
+    images.jpg       }  cache.storage=jpeg instead of images.u8: record i is the JPEG (cache.jpeg_quality) of the
+    offsets.npy      }  same S x S x 3 pixels at bytes [offsets[i], offsets[i+1]) of images.jpg (int64 [N + 1];
+                        a rejected record is empty); checksums.npy then holds the crc32 of each record's JPEG bytes
     metadata.json    how it was built: the key components, counts, stride, shape, versions
                      (and ``pixels_from``, the cache whose images.u8 it reuses, if any)
 
@@ -56,9 +59,12 @@ CHECKSUMS = "checksums.npy"
 GOOD = "good.npy"
 REJECTS = "rejects.csv"
 METADATA = "metadata.json"
+ENCODED = "images.jpg"  # cache.storage=jpeg: the records' JPEGs, back to back
+OFFSETS = "offsets.npy"
 PARTIAL_SUFFIX = ".partial"
 CHUNKS = "chunks"  # inside a .partial folder: one JSON per finished chunk (the progress bitmap)
 KEY_FILE = "key.json"  # inside a .partial folder: the key it is being built for
+SHARDS = "shards"  # inside a .partial folder: one lock (and claim note) per shard of a sharded build (shards.py)
 
 # The per-record fields stored beside the pixels: name -> dtype (shape [N, ...] as in SplitData).
 FIELDS: dict[str, np.dtype] = {
@@ -118,6 +124,8 @@ class CacheKey:
     classes: list
     format_version: int = FORMAT_VERSION
     group_captions: bool = False  # records are images with all their captions (CAPTION_FIELDS)
+    storage: str = "raw"  # "raw" uint8 records (images.u8) or "jpeg" (images.jpg + offsets.npy)
+    jpeg_quality: int = 0  # the JPEG quality of storage "jpeg" records (0 for raw)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -125,6 +133,8 @@ class CacheKey:
         d = asdict(self)
         if not d["group_captions"]:  # added after format v1 caches existed: absent when off, so they keep their key
             del d["group_captions"]
+        if d["storage"] == "raw":  # likewise: raw caches keep the key they had before storage existed
+            del d["storage"], d["jpeg_quality"]
         return d
 
     @property
@@ -139,10 +149,22 @@ class CacheKey:
     @property
     def pixel_key(self) -> dict:
         """The components that decide ``images.u8`` (and its checksums and rejects)."""
-        return {k: getattr(self, k) for k in PIXEL_KEY}
+        d = self.to_dict()
+        return {k: d.get(k) for k in PIXEL_KEY}  # like a stored key's .get: a raw key has no storage entry
 
 
-PIXEL_KEY = ("split", "images_sha", "stored_size", "resize_policy", "draft", "format_version")
+# storage/jpeg_quality: a raw and a jpeg cache never share pixel files
+PIXEL_KEY = ("split", "images_sha", "stored_size", "resize_policy", "draft", "format_version", "storage", "jpeg_quality")
+
+
+def pixel_files(storage: str) -> tuple[str, ...]:
+    """The files that hold the records of a cache of ``storage`` (what a pixel reuse links)."""
+    return (IMAGES,) if storage == "raw" else (ENCODED, OFFSETS)
+
+
+def key_storage(key: dict) -> str:
+    """The storage of a stored key dict (caches from before cache.storage are raw)."""
+    return key.get("storage", "raw")
 
 
 def cache_key(cfg, ctx, split: str) -> CacheKey:
@@ -168,6 +190,8 @@ def cache_key(cfg, ctx, split: str) -> CacheKey:
         tabular=ctx.tabular.to_dict(),
         classes=list(ctx.classes),
         group_captions=bool(cfg.data.group_captions),
+        storage=cfg.cache.storage,
+        jpeg_quality=cfg.cache.jpeg_quality if cfg.cache.storage == "jpeg" else 0,
     )
 
 
@@ -212,6 +236,8 @@ def build_command(cfg, split: str) -> str:
     })
     if cfg.data.root:
         over["data.root"] = cfg.data.root
+    if cfg.cache.storage != "raw":
+        over.update({"cache.storage": cfg.cache.storage, "cache.jpeg_quality": cfg.cache.jpeg_quality})
     parts = ["python", "tools/build_cache.py", "--config", recipe] + [f"--{k}={v}" for k, v in over.items()]
     return " ".join(shlex.quote(str(p)) for p in parts)
 

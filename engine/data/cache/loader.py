@@ -65,13 +65,7 @@ class CacheLoader(ShardedLoader):
         """Fill ``out`` (uint8 [>=B, stride] or [>=B, S*S*3]) with the batch's records; return all fields."""
         r = self.reader
         records = r.good[positions]
-        b = len(records)
-        if out.shape[1] == r.stride:
-            np.take(r.images, records, axis=0, out=out[:b], mode="clip")  # mode!=raise: no buffered copy of out
-        else:  # payload smaller than stride: take full records into scratch, keep the payload
-            scratch = np.empty((b, r.stride), np.uint8)
-            np.take(r.images, records, axis=0, out=scratch, mode="clip")
-            np.copyto(out[:b], scratch[:, : r.record_bytes])
+        r.gather(records, out)  # raw: one np.take over the map; jpeg: decoded (CacheReader.gather)
         return r.batch_fields(records, self.train, self.seed, self.epoch)
 
     def _to_batch(self, images: torch.Tensor, fields: dict[str, np.ndarray], non_blocking: bool) -> Batch:
@@ -88,7 +82,8 @@ class CacheLoader(ShardedLoader):
         batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
         depth = self.num_workers + self.prefetch  # batches being gathered or ready
         if self.device.type == "cuda":
-            yield from self._iter_cuda(batches, depth)
+            on_gpu = getattr(r.jpeg_decoder, "device", "cpu") == "mixed"  # jpeg records, DALI's nvJPEG
+            yield from (self._iter_gpu_decoded(batches) if on_gpu else self._iter_cuda(batches, depth))
             return
         s = r.size
         buffers: list[np.ndarray] = []  # host batches, recycled once nobody references them
@@ -157,6 +152,15 @@ class CacheLoader(ShardedLoader):
                 for f in pending:
                     f.cancel()
 
+    def _iter_gpu_decoded(self, batches: list[np.ndarray]) -> Iterator[Batch]:
+        """JPEG records decoded by DALI on the GPU into device memory: only their encoded bytes leave the map."""
+        r = self.reader
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        for pos in batches:
+            records = r.good[pos]
+            images = r.jpeg_decoder.to_cuda(r.encoded_records(records), stream)
+            yield self._to_batch(images, r.batch_fields(records, self.train, self.seed, self.epoch), non_blocking=True)
+
     def _account(self, b: int) -> None:
         if not self.release_pages:
             return
@@ -170,7 +174,10 @@ def create_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world: int
     """``loader.backend: cache``; raises CacheError (with the build command) if the cache is missing or stale."""
     from engine.data.cache.reader import open_cache
 
+    from engine.data.cache.decode_jpeg import use_loader_decoder
+
     reader = open_cache(cfg, ctx, split)
+    use_loader_decoder(reader, cfg)  # jpeg records: DALI on a GPU, Pillow on the CPU (cache.decoder)
     return CacheLoader(reader, cfg.loader.batch_size_for(train), train, rank, world, cfg.run.seed,
                        cfg.loader.num_workers, cfg.loader.prefetch, cfg.loader.pin_memory, None, weights,
                        cfg.loader.release_pages)

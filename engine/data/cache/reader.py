@@ -24,7 +24,10 @@ MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 class CacheReader:
     """A finished cache folder, memory-mapped read-only.
 
-    ``images``: uint8 [count, stride] view of ``images.u8`` (record i at row i);
+    ``images``: uint8 [count, stride] view of ``images.u8`` (record i at row i), or None for a jpeg cache
+    (``storage``), whose records are ``encoded`` (uint8 view of ``images.jpg``) at ``offsets``: read pixels
+    through ``gather``/``pixels``/``record``, which decode them (``jpeg_decoder``, Pillow unless a loader sets
+    one); ``payload(i)`` is record i's stored bytes either way (what its checksum covers);
     ``payload_shape``: (S, S, 3); ``fields[name]``: per-record arrays of
     ``format.FIELDS`` (memory-mapped); ``captions[name]``: those of
     ``format.CAPTION_FIELDS`` when the cache has them (else empty); ``good``: records to serve.
@@ -33,13 +36,25 @@ class CacheReader:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / fmt.METADATA).read_text())
-        self.count, self.stride = int(self.meta["count"]), int(self.meta["stride"])
+        self.count, self.stride = int(self.meta["count"]), int(self.meta["stride"] or 0)  # jpeg: null
         self.size = int(self.meta["shape"][0])
         self.record_bytes = fmt.record_bytes(self.size)
-        if self.stride != fmt.record_stride(self.size):
+        self.storage = fmt.key_storage(self.meta["key"])
+        self.pixel_file = self.folder / (fmt.IMAGES if self.storage == "raw" else fmt.ENCODED)
+        self.encoded = self.offsets = self.jpeg_decoder = None
+        if self.storage == "jpeg":
+            self.stride = self.record_bytes  # what gather fills: decoded records, no padding
+            self.offsets = np.load(self.folder / fmt.OFFSETS)
+            self._mm, self.encoded = _map_file(self.pixel_file, int(self.offsets[-1]))
+            self.images = None
+            from engine.data.cache.decode_jpeg import PillowRecords
+
+            self.jpeg_decoder = PillowRecords(self.size)  # thread-safe: the loader's gather threads share it
+        elif self.stride != fmt.record_stride(self.size):
             raise fmt.CacheError(f"{self.folder}: stride {self.stride} does not match size {self.size} (format v{fmt.FORMAT_VERSION})")
-        self._mm, self.images = fmt.open_records(self.folder / fmt.IMAGES, self.count, self.stride, writable=False)
-        self._identity = _identity(self.folder / fmt.IMAGES)  # the file mapped: a rebuild or truncation changes it
+        else:
+            self._mm, self.images = fmt.open_records(self.pixel_file, self.count, self.stride, writable=False)
+        self._identity = _identity(self.pixel_file)  # the file mapped: a rebuild or truncation changes it
         self.rebuild_command = ""  # set by open_cache: what a damage report tells the user to run
         self.fields = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in fmt.FIELDS}
         with_captions = bool(self.meta["key"].get("group_captions"))
@@ -55,6 +70,34 @@ class CacheReader:
     @property
     def key(self) -> dict:
         return self.meta["key"]
+
+    def payload(self, i: int) -> np.ndarray:
+        """Record ``i``'s stored bytes: its S*S*3 pixels (raw) or its JPEG (jpeg)."""
+        if self.images is not None:
+            return self.images[i, : self.record_bytes]
+        return self.encoded[self.offsets[i] : self.offsets[i + 1]]
+
+    def encoded_records(self, records: np.ndarray) -> list[np.ndarray]:
+        """The JPEGs of ``records`` (jpeg caches), views into the map."""
+        return [self.payload(int(i)) for i in records]
+
+    def gather(self, records: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out[:len(records)]`` (uint8 [>= B, stride] or [>= B, S*S*3]) with the records' HWC pixels."""
+        b = len(records)
+        if self.images is None:
+            self.jpeg_decoder.into(self.encoded_records(records), out)
+        elif out.shape[1] == self.stride:
+            np.take(self.images, records, axis=0, out=out[:b], mode="clip")  # mode!=raise: no buffered copy of out
+        else:  # payload smaller than stride: take full records into scratch, keep the payload
+            scratch = np.empty((b, self.stride), np.uint8)
+            np.take(self.images, records, axis=0, out=scratch, mode="clip")
+            np.copyto(out[:b], scratch[:, : self.record_bytes])
+
+    def pixels(self, records: np.ndarray) -> np.ndarray:
+        """uint8 [B, S, S, 3] of ``records``, contiguous (a copy)."""
+        out = np.empty((len(records), self.record_bytes), np.uint8)
+        self.gather(np.asarray(records, np.int64), out)
+        return out.reshape(len(records), self.size, self.size, 3)
 
     def rejects(self) -> list[dict]:
         return read_rejects(self.folder)
@@ -86,7 +129,7 @@ class CacheReader:
     def check_intact(self, epoch: int = 0, samples: int = 16) -> None:
         """Before an epoch reads the map: images.u8 is still the file that was mapped, at its full size (a
         truncated map is a SIGBUS, not an exception), and ``samples`` seeded records match their checksums."""
-        path = self.folder / fmt.IMAGES
+        path = self.pixel_file
         now = _identity(path)
         if now != self._identity:
             what = ("is gone" if now is None else f"is {now[2]} bytes, was {self._identity[2]}" if now[2] != self._identity[2]
@@ -94,7 +137,7 @@ class CacheReader:
             self._damaged(f"{path} {what} since it was opened")
         sums = np.load(self.folder / fmt.CHECKSUMS, mmap_mode="r")
         picks = np.random.default_rng([epoch, 0xC4EC]).choice(self.good, size=min(samples, len(self.good)), replace=False)
-        bad = [int(i) for i in picks if fmt.checksum(self.images[i, : self.record_bytes]) != int(sums[i])]
+        bad = [int(i) for i in picks if fmt.checksum(self.payload(int(i))) != int(sums[i])]
         if bad:
             self._damaged(f"{path}: records {bad[:5]} no longer match their checksums")
 
@@ -103,7 +146,9 @@ class CacheReader:
                              f"rebuild it{' with: ' + self.rebuild_command if self.rebuild_command else ''}")
 
     def record(self, i: int) -> np.ndarray:
-        """Record ``i`` as uint8 [S, S, 3] (a view into the map)."""
+        """Record ``i`` as uint8 [S, S, 3] (raw: a view into the map; jpeg: decoded)."""
+        if self.images is None:
+            return self.pixels(np.array([i]))[0]
         return self.images[i, : self.record_bytes].reshape(self.size, self.size, 3)
 
     def drop_pages(self) -> None:
@@ -122,6 +167,11 @@ def open_cache(cfg, ctx, split: str) -> CacheReader:
     folder = fmt.cache_dir(cfg, key)
     cmd = fmt.build_command(cfg, split)
     if not (folder / fmt.METADATA).is_file():
+        from engine.data.cache.selection import open_selection
+
+        served = open_selection(cfg, ctx, split, key, cmd)  # a subset or fold of a cache that holds its rows
+        if served is not None:
+            return served
         partial = folder.with_name(folder.name + fmt.PARTIAL_SUFFIX)
         if partial.is_dir():
             raise fmt.CacheError(f"the {split} cache {partial} is only partly built (interrupted build); "
@@ -155,6 +205,17 @@ def changed_images(meta: dict, paths: list[str], folder: Path) -> str:
     newer = [p for p in paths if not os.path.exists(p) or os.stat(p).st_mtime_ns > built]
     return (f"image files changed since it was built (size or modification time), e.g. {', '.join(newer[:5])}"
             if newer else "image files changed since it was built (size or modification time)")
+
+
+def _map_file(path: Path, size: int):
+    """(mmap, uint8 view) of a whole file of ``size`` bytes, read-only; a size mismatch is a CacheError."""
+    if size == 0:
+        return None, np.zeros(0, np.uint8)
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size != size:
+            raise fmt.CacheError(f"{path}: size {os.fstat(f.fileno()).st_size} bytes, expected {size} (offsets.npy)")
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    return mm, np.frombuffer(mm, dtype=np.uint8)
 
 
 def _identity(path: Path):
@@ -229,13 +290,13 @@ class VerifyReport:
 
 def verify_cache(folder: Path) -> VerifyReport:
     """Check every record of a finished cache against ``checksums.npy``."""
-    from engine.data.cache.writer import bad_records
+    from engine.data.cache.writer import bad_payloads
 
     try:
         reader = CacheReader(folder)
         sums = np.load(Path(folder) / fmt.CHECKSUMS)
     except (OSError, ValueError, KeyError) as e:  # files missing, truncated or unreadable
         raise fmt.CacheError(f"{folder} is damaged or incomplete ({type(e).__name__}: {e}); delete it and rebuild") from None
-    bad = bad_records(reader.images, sums, reader.record_bytes, desc=f"verify {Path(folder).name}")
+    bad = bad_payloads(reader.payload, sums, desc=f"verify {Path(folder).name}")
     rows = reader.fields["rows"]
     return VerifyReport(Path(folder), reader.count, [{"record": i, "row": int(rows[i])} for i in bad])
