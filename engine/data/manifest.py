@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -162,7 +163,7 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
         raise ManifestError(f"{path}: {len(bad_split)} rows have an unknown split (expected one of {SPLITS}): {_examples(bad_split)}")
     splits = np.array([r[cfg.split_column] for r in rows])
     for split in required_splits:
-        if not (splits == split).any():
+        if not (splits == split).any() and not (cfg.folds and split == "val"):  # with folds, val is a fold of train
             raise ManifestError(f"{path}: split '{split}' has no rows")
 
     root_real = os.path.realpath(root)
@@ -187,11 +188,41 @@ def load_manifest(cfg: DataConfig, check_files: bool = True, required_splits: tu
         _warn_duplicate_images(path, rows, cfg.image_column, splits, raw_labels)
     version = hashlib.sha256(raw).hexdigest()
     if cfg.classes is not None:
-        return other_pool(Manifest(path, root, rows, [], np.zeros(0, np.int64), splits, version), cfg, raw_labels, seed)
-    classes = _label_classes(raw_labels)
-    lookup = {c: i for i, c in enumerate(classes)}
-    labels = np.array([lookup[v] for v in raw_labels], dtype=np.int64)
-    return Manifest(path, root, rows, classes, labels, splits, version)
+        m = other_pool(Manifest(path, root, rows, [], np.zeros(0, np.int64), splits, version), cfg, raw_labels, seed)
+    else:
+        classes = _label_classes(raw_labels)
+        lookup = {c: i for i, c in enumerate(classes)}
+        m = Manifest(path, root, rows, classes, np.array([lookup[v] for v in raw_labels], dtype=np.int64), splits, version)
+    return fold_splits(m, cfg, seed) if cfg.folds else m
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """int64 [N] fold of each position: per label, a seeded shuffle dealt round-robin, continuing where the
+    previous label stopped so that fold sizes differ by at most one."""
+    if k < 2:
+        raise ManifestError(f"--folds must be >= 2, got {k}")
+    if len(labels) < k:
+        raise ManifestError(f"the train split has {len(labels)} rows, fewer than {k} folds")
+    folds = np.empty(len(labels), dtype=np.int64)
+    rng = np.random.default_rng([seed, 0x00F])
+    start = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        folds[idx] = (start + np.arange(len(idx))) % k
+        start = (start + len(idx)) % k
+    return folds
+
+
+def fold_splits(m: Manifest, cfg: DataConfig, seed: int) -> Manifest:
+    """``m`` with data.folds applied: the train rows of fold data.fold become val, the other train rows stay
+    train, the manifest's val rows are in no split; test is untouched. The same file and rows, so the caches of
+    the unfolded recipe hold every fold's rows (engine/data/cache/selection.py)."""
+    train = m.split_indices("train")
+    folds = stratified_folds(m.labels[train], cfg.folds, seed)
+    splits = m.splits.copy()
+    splits[splits == "val"] = ""
+    splits[train[folds == cfg.fold]] = "val"
+    return dataclasses.replace(m, splits=splits)
 
 
 def image_groups(rows: list[dict], column: str, indices: np.ndarray) -> list[list[int]]:

@@ -173,6 +173,12 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
 
     key = fmt.cache_key(cfg, ctx, split)
     final = fmt.cache_dir(cfg, key)
+    if not (final / fmt.METADATA).is_file():
+        from engine.data.cache.selection import build_from_cover
+
+        served = build_from_cover(cfg, ctx, split, key)  # a subset or fold of a cache that holds its rows
+        if served is not None:
+            return served
     t0 = time.perf_counter()
     with build_lock(final):  # a second builder of this cache waits, told who holds it; a shard holds it to set up
         done = _existing(cfg, ctx, split, key, final)

@@ -177,7 +177,7 @@ class DaliCacheLoader(_DaliBase):
     def _source(self, batches: list[np.ndarray]):
         r, keep = self.reader, deque(maxlen=2 * self.prefetch + 2)  # no_copy: hold what DALI may still read
         for records in batches:
-            images = np.ascontiguousarray(r.images[records, : r.record_bytes]).reshape(len(records), r.size, r.size, 3)
+            images = r.pixels(records)  # a copy, [B, S, S, 3]: through the reader (jpeg records, a served selection)
             pos = records.astype(np.int32).reshape(-1, 1)
             keep.append((images, pos))
             yield images, pos
