@@ -26,8 +26,20 @@ class DataConfig:
     other_name: str = "other"  # the class every label outside data.classes becomes
     # cap on the other class per split: other samples / all samples <= other_ratio after sampling (null = keep all)
     other_ratio: Optional[float] = None
+    # k-fold splits of the train split (tools/oof.py): its rows dealt into `folds` stratified folds seeded by
+    # run.seed; fold `fold` is the val split, the other folds train; the manifest's val rows are left out (0 = off)
+    folds: int = 0
+    fold: int = 0
 
     def __post_init__(self):
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"data.folds must be 0 (off) or >= 2, got {self.folds}")
+        if not self.folds and self.fold:
+            raise ValueError(f"data.fold={self.fold} needs data.folds (the number of folds)")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ValueError(f"data.fold must be in 0..{self.folds - 1} (data.folds={self.folds}), got {self.fold}")
+        if self.folds and self.group_captions:
+            raise ValueError("data.folds: folds are of rows; fold a data.group_captions manifest by image first")
         for key in ("max_train_samples", "max_val_samples", "max_test_samples"):
             v = getattr(self, key)
             if v is not None and v <= 0:
