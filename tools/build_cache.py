@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.data.cache import CacheError, build_cache, cache_dir, cache_key, verify_cache
     from engine.data.cache.inventory import record_origin
     from engine.data.cache.selection import ServedSummary
-    from engine.data.cache.shards import parse_shard
+    from engine.data.cache.shards import parse_shard, workers_per_builder
     from engine.data.cache.writer import seal_cache
     from engine.data.dataset import DataContext
     from engine.errors import UserError
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             status |= bool(report.bad)
         else:
             summary = (seal_cache(cfg, ctx, split) if args.seal else
-                       build_cache(cfg, ctx, split, progress=not args.no_progress, shard=shard))
+                       build_cache(cfg, ctx, split, workers_per_builder(cfg.cache.workers), not args.no_progress,
+                                   shard=shard))
             print(summary.line())
             if not isinstance(summary, ServedSummary):
                 record_origin(cfg, summary.folder)  # what tools/caches.py says it was built from

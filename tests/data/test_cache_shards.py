@@ -14,7 +14,7 @@ import yaml
 
 from tests.data.conftest import make_cfg, make_ctx, write_dataset
 from engine.data.cache import CacheError, build_cache, open_cache
-from engine.data.cache.shards import Shard, parse_shard
+from engine.data.cache.shards import Shard, parse_shard, workers_per_builder
 from engine.data.cache.writer import seal_cache
 from engine.errors import UserError
 
@@ -61,6 +61,9 @@ def test_parse_shard_and_its_mistakes():
             parse_shard(bad)
     with pytest.raises(UserError, match="no launcher rank"):
         parse_shard("auto", {})
+    assert workers_per_builder(3, {"LOCAL_SIZE": "8"}) == 3  # cache.workers set: as given
+    assert workers_per_builder(0, {"LOCAL_SIZE": str(os.cpu_count())}) == 1  # all cores, shared by the node's ranks
+    assert workers_per_builder(0, {}) == (os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize("storage", ["raw", "jpeg"])
@@ -185,3 +188,19 @@ def test_two_shard_processes_side_by_side_a_killed_one_resumes_and_the_seal_equa
     a, b = _only_cache(tmp_path / "sharded"), _only_cache(tmp_path / "single")
     assert a.name == b.name and _tree_bytes(a) == _tree_bytes(b)
     assert np.array_equal(np.load(a / "good.npy"), np.arange(24))
+
+
+def test_each_rank_of_a_deepspeed_launch_builds_its_shard(dataset, tmp_path):
+    """`deepspeed --num_gpus 2 tools/build_cache.py --shard auto`: rank r builds shard r/2; the seal equals one build."""
+    from tests.training.conftest import DEEPSPEED, env, free_port
+
+    sharded = _recipe(tmp_path, dataset, tmp_path / "sharded")
+    launch = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "tools/build_cache.py", "--no-progress",
+              "--config", str(sharded), "--shard", "auto"]
+    out = subprocess.run(launch, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "shard 0/2 (records 0-11) done" in out.stdout and "shard 1/2 (records 12-23) done" in out.stdout
+    subprocess.run(TOOL + [str(sharded), "--seal"], cwd=REPO, env=env(), check=True, capture_output=True)
+    single = _recipe(tmp_path, dataset, tmp_path / "single")
+    subprocess.run(TOOL + [str(single)], cwd=REPO, env=env(), check=True, capture_output=True)
+    assert _tree_bytes(_only_cache(tmp_path / "sharded")) == _tree_bytes(_only_cache(tmp_path / "single"))

@@ -63,6 +63,18 @@ def parse_shard(text: str, env: Optional[dict] = None) -> Shard:
     return _shard(i, n, f"--shard {text}")
 
 
+def workers_per_builder(requested: int, env: Optional[dict] = None) -> int:
+    """Build processes for one builder: ``requested`` (cache.workers), or with 0 (all cores) the node's cores
+    divided among the builders a launcher started on it (DeepSpeed LOCAL_SIZE, torchrun LOCAL_WORLD_SIZE, SLURM
+    SLURM_NTASKS_PER_NODE), so N ranks per node do not each start a process per core."""
+    env = os.environ if env is None else env
+    if requested:
+        return requested
+    local = next((int(env[k]) for k in ("LOCAL_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE")
+                  if str(env.get(k, "")).isdigit()), 1)
+    return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
 def _shard(i: str, n: str, what: str) -> Shard:
     try:
         index, count = int(i), int(n)
