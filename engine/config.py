@@ -37,6 +37,9 @@ class RunConfig:
     deterministic: bool = False  # torch deterministic algorithms (bitwise resume on CPU)
     # a start without --resume where output_dir/name already holds a run: refuse, or rename it to <name>.prev-<time>
     existing: Literal["refuse", "keep_aside"] = "refuse"
+    # output_dir is one folder every node sees (global rank 0 writes it); false: a folder on each node's own disk,
+    # each written by its node's local rank 0 (docs/distributed.md). Checked when the run starts.
+    shared_fs: bool = True
 
     def __post_init__(self):
         if not self.output_dir:

@@ -9,6 +9,13 @@ previous good checkpoint intact: ``<tag>`` moves to ``<tag>.old`` first, and a
 kill between the two renames leaves ``<tag>.old``, which ``resolve_tag`` finds.
 A full disk while saving is reported naming the file; the previous checkpoint stays.
 
+A tag is ``full`` (DeepSpeed's files plus ours: resumable) or ``weights`` (``model.safetensors``, the model's
+state dict only: evaluate, predict, export), as ``train.checkpoint_last`` / ``checkpoint_best`` say; by default
+``last`` is full and ``best`` weights only. ``layout.json`` records how the saving run was laid out (world size,
+ZeRO stage, shared run folder), so a resume on another world size is converted (DeepSpeed's universal
+checkpoint) or refused before anything starts. With ``run.shared_fs: false`` each node's local rank 0 writes its
+node's copy (DeepSpeed's model file, our side files, the renames); every rank writes its own shards as before.
+
 Nothing in a run folder is unpickled as code: every ``torch.load`` of a
 checkpoint, DeepSpeed's own included, runs with ``weights_only=True`` (tensors,
 containers, numbers, strings and the few DeepSpeed/numpy types listed in
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import pickle
 import random
 import shutil
@@ -30,9 +38,11 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError
-from engine.training.distributed import barrier, restore_buffers
+from engine.training.distributed import barrier, folder_writer, restore_buffers
 
 CONFIG_FILE = "config.json"  # the config the checkpoint was trained with (``--resume`` compares it)
+LAYOUT_FILE = "layout.json"  # how the saving run was laid out (``Layout``)
+WEIGHTS_FILE = "model.safetensors"  # a weights-only tag: the model's state dict, nothing of DeepSpeed's
 
 
 class NoCheckpoint(CheckpointError, FileNotFoundError):
@@ -47,6 +57,34 @@ class TrainState:
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     bad_epochs: int = 0  # epochs without improvement (early stopping)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the run that saved a checkpoint was laid out: what a resume on another layout must know first."""
+
+    world_size: int
+    zero_stage: int  # ZeRO 1/2 shard the optimizer state per rank: zero_pp_rank_{r}_mp_rank_00_optim_states.pt
+    shared_fs: bool = True  # False: each node's folder holds only its own ranks' shards
+    kind: str = "full"  # full: DeepSpeed's files (resumable); weights: model.safetensors only
+    mid_epoch: bool = False  # saved inside an epoch: only the same world size and batch size continue it
+
+
+def read_layout(folder: Path, tag: str) -> Optional[Layout]:
+    """The layout of checkpoint ``tag`` (None for checkpoints written before it was stored beside them)."""
+    name = resolve_tag(folder, tag)
+    path = Path(folder) / name / LAYOUT_FILE if name else None
+    return Layout(**json.loads(path.read_text())) if path is not None and path.is_file() else None
+
+
+def tag_kind(config: dict, tag: str) -> str:
+    """What ``tag`` holds under this config: ``train.checkpoint_last`` / ``checkpoint_best``; any other tag is full."""
+    return config.get("train", {}).get(f"checkpoint_{tag}", "full")
+
+
+def zero_shard_names(layout: Layout) -> list[str]:
+    """The optimizer shards a ZeRO checkpoint of this layout holds, one per saving rank (DeepSpeed's names)."""
+    return [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(layout.world_size)] if layout.zero_stage else []
 
 
 def rng_state() -> dict:
@@ -86,32 +124,45 @@ def _require(folder: Path, tag: str) -> str:
 
 
 def _no_space(e: BaseException) -> bool:
-    """torch.save reports a full disk as OSError(ENOSPC) or as RuntimeError 'enforce fail at inline_container.cc'."""
+    """A full disk: OSError(ENOSPC); torch.save's RuntimeError 'enforce fail at inline_container.cc'; safetensors'
+    error naming the OS error."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(e)
-    return isinstance(e, RuntimeError) and ("inline_container" in text or "file write failed" in text
-                                            or "No space left" in text)
+    return any(m in text for m in ("inline_container", "file write failed", "No space left", "StorageFull",
+                                   "os error 28"))
 
 
 def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_state: dict, config: dict, rank: int,
                     own_buffers: Optional[dict] = None) -> None:
-    """Collective: every rank must call it.  ``own_buffers``: this rank's buffers, where the module holds averaged ones."""
+    """Collective: every rank must call it.  ``config`` (the run's, as a dict) says what ``tag`` holds
+    (``tag_kind``) and who writes the folder (``run.shared_fs``).  ``own_buffers``: this rank's buffers, where the
+    module holds averaged ones (full tags keep them for resume)."""
     folder = Path(folder)
     partial = f"{tag}.partial"
-    if rank == 0 and (folder / partial).exists():
+    shared = config.get("run", {}).get("shared_fs", True)
+    writer = folder_writer(shared)  # global rank 0, or each node's local rank 0 for its own disk
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if int(loader_state.get("epoch", state.epoch)) < state.epoch:
+        # saved at an epoch's end: the loop stopped the loader at its last batch, before it moved on by itself;
+        # recorded as the next epoch's start, which any world size or batch size may resume
+        loader_state = {**loader_state, "epoch": state.epoch, "batches_done": 0}
+    mid_epoch = bool(loader_state.get("batches_done", 0))
+    layout = Layout(world, int(engine.zero_optimization_stage()), shared, tag_kind(config, tag), mid_epoch)
+    if writer and (folder / partial).exists():
         shutil.rmtree(folder / partial)
     barrier()
-    client = {"train_state": asdict(state), "loader": loader_state, "config": config}
     try:
-        engine.save_checkpoint(str(folder), tag=partial, client_state=client, save_latest=False)
-        torch.save(rng_state(), folder / partial / f"rng_rank{rank}.pt")
-        if own_buffers is not None:
-            torch.save(own_buffers, folder / partial / f"buffers_rank{rank}.pt")
-        if rank == 0:
+        if layout.kind == "full":
+            _save_full(engine, folder, partial, state, loader_state, config, rank, own_buffers, writer, shared)
+        elif writer:
+            (folder / partial).mkdir(parents=True)
+            save_weights_file(engine.module, folder / partial / WEIGHTS_FILE)
+        if writer:
             (folder / partial / CONFIG_FILE).write_text(json.dumps(config))
-            (folder / partial / "train_state.json").write_text(json.dumps(asdict(state)))
-    except (OSError, RuntimeError) as e:
+            (folder / partial / LAYOUT_FILE).write_text(json.dumps(asdict(layout)))
+            (folder / partial / "train_state.json").write_text(json.dumps(asdict(state)))  # last: it marks a whole save
+    except Exception as e:  # noqa: BLE001 -- only a full disk is ours to report; anything else is raised as it is
         if not _no_space(e):
             raise
         shutil.rmtree(folder / partial, ignore_errors=True)  # give the space back; the previous checkpoint stays
@@ -121,7 +172,7 @@ def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_st
                               + (f"the previous '{tag}' is kept ({folder / kept}); " if kept else "")
                               + "free space there, then continue with --resume") from None
     barrier()
-    if rank == 0:
+    if writer:
         old = folder / f"{tag}.old"
         if (folder / tag).exists():
             shutil.rmtree(old, ignore_errors=True)  # a previous save's leftover; (folder / tag) is the newer
@@ -129,6 +180,29 @@ def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_st
         (folder / partial).rename(folder / tag)
         shutil.rmtree(old, ignore_errors=True)
     barrier()
+
+
+def _save_full(engine, folder: Path, partial: str, state: TrainState, loader_state: dict, config: dict, rank: int,
+               own_buffers: Optional[dict], writer: bool, shared: bool) -> None:
+    """DeepSpeed's checkpoint (every rank its optimizer shard) plus each rank's RNG state and own buffers."""
+    if not shared:  # DeepSpeed's model file once per node, what its checkpoint.use_node_local_storage sets at start
+        engine.save_non_zero_checkpoint = writer
+    client = {"train_state": asdict(state), "loader": loader_state, "config": config}
+    engine.save_checkpoint(str(folder), tag=partial, client_state=client, save_latest=False)
+    torch.save(rng_state(), folder / partial / f"rng_rank{rank}.pt")
+    if own_buffers is not None:
+        torch.save(own_buffers, folder / partial / f"buffers_rank{rank}.pt")
+
+
+def save_weights_file(module: torch.nn.Module, path: Path) -> None:
+    """The module's state dict as safetensors: copies (tied weights would share storage, which safetensors refuses)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}, str(path),
+              metadata={"format": "pt"})
+    umask = os.umask(0)  # safetensors creates the file 0600; give it the mode torch.save's files get
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def peek_state(folder: Path, tag: str) -> TrainState:
@@ -185,20 +259,37 @@ def weights_only_loads(where: Path) -> Iterator[None]:
         torch.load = real
 
 
-def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: bool = True) -> tuple[TrainState, dict]:
-    """Collective. Returns (training state, loader state); restores this rank's RNG streams and own buffers."""
+def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: bool = True,
+                    shared_fs: bool = True) -> tuple[TrainState, dict]:
+    """Collective. Returns (training state, loader state); restores this rank's RNG streams and own buffers.
+
+    A ZeRO checkpoint saved on another world size is first converted to DeepSpeed's universal checkpoint (one
+    file per parameter and optimizer state, any world size loads it) in ``<tag>.universal`` by the folder's writer
+    (``shared_fs``: this run's ``run.shared_fs``), and removed after."""
     folder = Path(folder)
     name = _require(folder, tag)
+    layout = read_layout(folder, tag)
+    if layout is not None and layout.kind == "weights":
+        raise CheckpointError(f"{folder / name} holds the model's weights only (train.checkpoint_last=weights): "
+                              "there is no optimizer state to resume from; start a fresh run.name")
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    universal = load_optimizer and layout is not None and layout.zero_stage > 0 and layout.world_size != world
     with weights_only_loads(folder / name):
+        source = _universal_copy(folder, name, shared_fs) if universal else name
         try:
-            path, client = engine.load_checkpoint(str(folder), tag=name, load_optimizer_states=load_optimizer,
-                                                  load_lr_scheduler_states=load_optimizer)
+            path, client = _deepspeed_load(engine, folder, source, load_optimizer, universal)
         except RuntimeError as e:
             if "state_dict" not in str(e):
                 raise
             raise CheckpointError(f"{folder / name} does not fit this model ({str(e).splitlines()[0][:200]} ...): "
                                   f"the model settings differ from the ones it was trained with ({folder / name / CONFIG_FILE}); "
                                   "resume with those, or start a fresh run.name") from None
+        finally:
+            if universal:
+                barrier()
+                if folder_writer(shared_fs):
+                    shutil.rmtree(folder / source, ignore_errors=True)
+                    (folder / "latest_universal").unlink(missing_ok=True)  # the converter's pointer to it
         if path is None:
             raise NoCheckpoint(f"no checkpoint '{tag}' under {folder}")
         rng_file = folder / name / f"rng_rank{rank}.pt"
@@ -208,6 +299,42 @@ def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: b
         if load_optimizer and buffers_file.exists():  # absent for a rank the saving run did not have: averaged ones stay
             restore_buffers(engine.module, torch.load(buffers_file, map_location="cpu"))
     return TrainState(**client["train_state"]), client["loader"]
+
+
+def _deepspeed_load(engine, folder: Path, name: str, load_optimizer: bool, universal: bool):
+    """DeepSpeed's load of ``folder/name``; ``universal``: from a universal checkpoint (DeepSpeed reads its
+    ``checkpoint.load_universal`` setting at load time, so it is switched on for this one load)."""
+    from deepspeed.runtime.zero.utils import ZeRORuntimeException
+
+    before = engine._config.load_universal_checkpoint
+    engine._config.load_universal_checkpoint = universal
+    try:
+        return engine.load_checkpoint(str(folder), tag=name, load_optimizer_states=load_optimizer,
+                                      load_lr_scheduler_states=load_optimizer)
+    except ZeRORuntimeException as e:  # a checkpoint written before layout.json: its world size was not known
+        raise CheckpointError(f"{folder / name}: {e} It was saved before checkpoints recorded their layout; resume it "
+                              "on the world size it was saved with") from None
+    finally:
+        engine._config.load_universal_checkpoint = before
+
+
+def _universal_copy(folder: Path, name: str, shared_fs: bool) -> str:
+    """Collective. The folder writer converts ``folder/name`` into ``folder/<name>.universal`` (DeepSpeed's
+    ds_to_universal); every rank returns its name. Every saving rank's shard must be in this folder."""
+    import argparse
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    target = f"{name}.universal"
+    if folder_writer(shared_fs):
+        shutil.rmtree(folder / target, ignore_errors=True)
+        args = argparse.Namespace(input_folder=str(folder / name), output_folder=str(folder / target),
+                                  num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                  inject_missing_state=True)  # our model files lack Megatron's universal_checkpoint_info
+        with contextlib.redirect_stdout(None):  # its progress lines say nothing a user needs
+            ds_to_universal.main(args)
+    barrier()
+    return target
 
 
 def _rng_from_file(path: Path) -> dict:
@@ -222,11 +349,30 @@ def _rng_from_file(path: Path) -> dict:
 
 
 def load_weights(engine, folder: Path, tag: str) -> None:
-    """Collective. Only the model weights of checkpoint ``tag`` (evaluation of 'best' or 'last')."""
+    """Collective. Only the model weights of checkpoint ``tag`` (evaluation of 'best' or 'last'), of either kind."""
     folder = Path(folder)
     name = _require(folder, tag)
+    if (folder / name / WEIGHTS_FILE).is_file():
+        load_weights_file(engine.module, folder / name / WEIGHTS_FILE)
+        optimizer = getattr(engine, "optimizer", None)  # as DeepSpeed's module-only load: master weights follow
+        if hasattr(optimizer, "refresh_fp32_params"):
+            optimizer.refresh_fp32_params()
+        elif hasattr(optimizer, "_restore_from_bit16_weights"):
+            optimizer._restore_from_bit16_weights()
+        return
     with weights_only_loads(folder / name):
         path, _ = engine.load_checkpoint(str(folder), tag=name, load_module_only=True, load_optimizer_states=False,
                                          load_lr_scheduler_states=False)
     if path is None:
         raise NoCheckpoint(f"no checkpoint '{tag}' under {folder}")
+
+
+def load_weights_file(module: torch.nn.Module, path: Path) -> None:
+    """A weights-only tag into ``module`` (safetensors: no pickle, nothing in the file can run)."""
+    from safetensors.torch import load_file
+
+    try:
+        module.load_state_dict(load_file(str(path), device="cpu"))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit this model ({str(e).splitlines()[0][:200]} ...): the model settings "
+                              f"differ from the ones it was trained with ({path.parent / CONFIG_FILE})") from None

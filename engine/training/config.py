@@ -96,6 +96,10 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 = off
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and profiling
     checkpoint_every_steps: int = 0  # also save 'last' every N optimizer updates mid-epoch (0 = epoch ends only)
+    # what each tag holds: full = DeepSpeed's files (weights, optimizer, schedule, RNG: resumable), weights = the
+    # model's weights only, model.safetensors (evaluate, predict, export; about 1/3 of full under Adam)
+    checkpoint_last: Literal["full", "weights"] = "full"  # weights: --resume is refused (nothing to resume from)
+    checkpoint_best: Literal["weights", "full"] = "weights"
     log_every: int = 10  # steps between tqdm postfix / tensorboard points
     tensorboard: bool = True
     # distillation (engine/training/distill.py): a finished run whose eval/train_best_probs.npz are the soft targets
@@ -116,6 +120,10 @@ class TrainConfig:
             raise ValueError(f"train.grad_accum must be positive, got {self.grad_accum}")
         if self.checkpoint_every_steps < 0:
             raise ValueError(f"train.checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
+        if self.checkpoint_every_steps and self.checkpoint_last == "weights":
+            raise ValueError(f"train.checkpoint_every_steps={self.checkpoint_every_steps} saves 'last' mid-epoch to resume "
+                             "from, but train.checkpoint_last=weights cannot resume; set checkpoint_last: full or "
+                             "checkpoint_every_steps: 0")
         if not 0 <= self.frozen_epochs <= self.epochs:
             raise ValueError(f"train.frozen_epochs must be within [0, train.epochs], got {self.frozen_epochs}")
         if self.grad_clip < 0:

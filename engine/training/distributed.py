@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import socket
 import threading
 from dataclasses import dataclass
@@ -40,6 +41,56 @@ def _free_port() -> int:
 def launch_rank_world() -> tuple[int, int]:
     """(rank, world size) as the launcher set them, readable before the process group exists."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def folder_writer(shared_fs: bool) -> bool:
+    """Whether this rank writes what is written once per run folder (config.yaml, checkpoint bookkeeping).
+
+    ``run.shared_fs: true``: every node sees one folder, global rank 0 writes it. ``false``: each node has a folder
+    of its own on a local disk, and the node's local rank 0 writes it. Read from the launcher's environment, so it
+    answers before the process group exists (preflight) and after.
+    """
+    rank, _ = launch_rank_world()
+    return rank == 0 if shared_fs else int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def check_folder_sharing(path: Path, shared_fs: bool) -> None:
+    """Collective. Every rank must see exactly one writer of ``path`` (``folder_writer``), else ``run.shared_fs``
+    is wrong: a rank that sees none would resume from files that are not there, two writers of one folder would
+    rename the same checkpoint. Each writer leaves a probe file with a fresh name; every rank looks for them."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    from engine.errors import RunFolderError
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    token = broadcast_object(secrets.token_hex(8))  # a new name: no file system cache can hold an old answer
+    writers: list = [None] * world
+    dist.all_gather_object(writers, folder_writer(shared_fs))
+    writers = [r for r, w in enumerate(writers) if w]
+    probe = lambda r: Path(path) / f".writer-probe-{token}-rank{r}"  # noqa: E731
+    if rank in writers:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        probe(rank).touch()
+    barrier()
+    seen: list = [None] * world
+    dist.all_gather_object(seen, [r for r in writers if probe(r).exists()])
+    barrier()
+    if rank in writers:
+        probe(rank).unlink(missing_ok=True)
+    blind = [r for r in range(world) if not seen[r]]
+    crowded = next(((r, s) for r, s in enumerate(seen) if len(s) > 1), None)
+    if blind and shared_fs:  # the same verdict on every rank: all of them stop together
+        raise RunFolderError(f"run.shared_fs=true, but rank(s) {blind} do not see the files global rank 0 writes in "
+                             f"{path}: the run folder is not shared between the nodes; set run.shared_fs=false (each "
+                             "node keeps its own copy, written by its local rank 0) or put run.output_dir on a shared "
+                             "file system")
+    if crowded is not None:
+        raise RunFolderError(f"run.shared_fs=false, but {path} is one folder shared by several nodes (rank "
+                             f"{crowded[0]} sees the files of ranks {crowded[1]}, each its node's writer): set "
+                             "run.shared_fs=true, or give each node a folder on its own disk")
+    if blind:
+        raise RunFolderError(f"rank(s) {blind} do not see the files their node's local rank 0 writes in {path}; "
+                             "the ranks of a node must share its run folder")
 
 
 def local_device() -> torch.device:

@@ -80,7 +80,7 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     state = peek_state(run.checkpoints, "last") if resume else TrainState(stage=stage_of(cfg, 0).name)
     engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
     if resume:
-        state, loader_state = load_checkpoint(engine, run.checkpoints, "last", dist.rank)
+        state, loader_state = load_checkpoint(engine, run.checkpoints, "last", dist.rank, shared_fs=cfg.run.shared_fs)
         train_loader.load_state_dict(loader_state)
         run.write_config(cfg, prov)
         run.truncate_metrics(state.epoch)

@@ -44,11 +44,11 @@ class CheckedRun:
 
 
 def check_run(cfg: Config, resume: bool) -> CheckedRun:
-    rank, world = launch_rank_world()
+    _, world = launch_rank_world()
     precision = hardware.choose_precision(hardware.device_info(local_device()), cfg.train.precision)
     deepspeed_config(cfg, precision, world)  # a pass-through typo, batch arithmetic of deepspeed.extra
     check_models(cfg.model)
-    check_run_folder(cfg, resume, is_main=rank == 0)
+    check_run_folder(cfg, resume)
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
                       required_splits=("train", "val", "test") if cfg.eval.test else ("train", "val"))
     check_batches(cfg, ctx, world)
@@ -56,7 +56,7 @@ def check_run(cfg: Config, resume: bool) -> CheckedRun:
     check_caches(cfg, ctx)
     if resume:
         check_resume_fits(cfg, ctx)
-    move_old_run_aside(cfg, resume, is_main=rank == 0)
+    move_old_run_aside(cfg, resume)
     return CheckedRun(ctx, precision)
 
 

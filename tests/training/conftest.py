@@ -28,11 +28,15 @@ def tiny_overrides(tiny_demo_dataset, tiny_text_encoder, tmp_path_factory) -> li
 
 
 def module_weights(run: Path, tag: str = "last") -> dict:
-    """The model weights of a run's checkpoint ``tag`` (DeepSpeed's model file, loaded without unpickling code)."""
+    """The model weights of a run's checkpoint ``tag``: a weights-only tag's model.safetensors, or DeepSpeed's model
+    file of a full one (loaded without unpickling code)."""
     import torch
+    from safetensors.torch import load_file
 
-    path = Path(run) / "checkpoints" / tag / "mp_rank_00_model_states.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)["module"]
+    folder = Path(run) / "checkpoints" / tag
+    if (folder / "model.safetensors").is_file():
+        return load_file(folder / "model.safetensors")
+    return torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
 
 
 def free_port() -> int:

@@ -45,9 +45,11 @@ def test_run_folder_contents(two_rank_run):
     assert summary["test"]["test_num_samples"] == 16
     assert (two_rank_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert any((two_rank_run / "tensorboard").iterdir())
-    for tag in ("last", "best"):
-        assert (two_rank_run / "checkpoints" / tag / "rng_rank0.pt").exists()
-        assert (two_rank_run / "checkpoints" / tag / "rng_rank1.pt").exists()
+    last, best = two_rank_run / "checkpoints" / "last", two_rank_run / "checkpoints" / "best"
+    assert (last / "rng_rank0.pt").exists() and (last / "rng_rank1.pt").exists()
+    # best is weights only (evaluated below on 1-3 ranks); last is DeepSpeed's full, resumable checkpoint
+    assert sorted(p.name for p in best.iterdir()) == ["config.json", "layout.json", "model.safetensors", "train_state.json"]
+    assert sum(p.stat().st_size for p in last.iterdir()) > 2.5 * (best / "model.safetensors").stat().st_size
 
 
 def test_two_ranks_learn(two_rank_run):
