@@ -14,7 +14,7 @@ import yaml
 
 from tests.data.conftest import make_cfg, make_ctx, write_dataset
 from engine.data.cache import CacheError, build_cache, open_cache
-from engine.data.cache.shards import Shard, parse_shard, workers_per_builder
+from engine.data.cache.shards import Shard, claim_holder, parse_shard, running_shards, workers_per_builder
 from engine.data.cache.writer import seal_cache
 from engine.errors import UserError
 
@@ -130,6 +130,8 @@ def test_a_shard_held_by_a_builder_is_refused_to_a_second_one_and_to_the_seal(da
             build_cache(cfg, ctx, "train", progress=False, shard=Shard(1, 2))
         with pytest.raises(CacheError, match=rf"shard\(s\) 1/2 \(by host .*pid {holder.pid}.*still being built"):
             seal_cache(cfg, ctx, "train")
+        assert running_shards(partial) == [f"1/2 (by {claim_holder(partial, Shard(1, 2))})"]
+        assert f"pid {holder.pid}" in running_shards(partial)[0]
         with pytest.raises(CacheError, match="being built as 2 shards.*--shard I/2"):  # another count would overlap it
             build_cache(cfg, ctx, "train", progress=False, shard=Shard(0, 3))
         with pytest.raises(CacheError, match="started with decoder 'pil'.*running"):  # never wiped under a builder
@@ -139,6 +141,7 @@ def test_a_shard_held_by_a_builder_is_refused_to_a_second_one_and_to_the_seal(da
         holder.kill()
         holder.wait()
     build_cache(cfg, ctx, "train", progress=False, shard=Shard(1, 2))  # its holder died: the claim is free again
+    assert running_shards(partial) == []
     assert seal_cache(cfg, ctx, "train").good == 24
 
 

@@ -175,3 +175,14 @@ def unfinished_report(done: set[int], n_chunks: int, count: int, build: str) -> 
             state = "not started" if have == 0 else f"unfinished ({have} of {len(chunks)} chunks done)"
             lines.append(f"shard {shard} {state}: run {build} --shard {shard}")
     return "; ".join(lines)
+
+
+def running_shards(partial: Path) -> list[str]:
+    """The shards of a partial build that a builder holds now ('I/N (by host H, pid P ...)'); [] when none is
+    held or the folder pins no build. For tools that judge a partial abandoned: a shard holds no lock on
+    ``cache.dir`` while it decodes, only its claim."""
+    try:
+        count = int(json.loads((Path(partial) / fmt.KEY_FILE).read_text()).get("shards", 1))
+    except (OSError, ValueError):
+        return []
+    return held_shards(partial, count) if (Path(partial) / fmt.SHARDS).is_dir() else []
