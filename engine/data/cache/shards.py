@@ -96,8 +96,9 @@ class ShardClaim:
         self.partial, self.shard, self._fd = partial, shard, fd
 
     @classmethod
-    def take(cls, partial: Path, shard: Shard, wait: bool = False) -> "ShardClaim":
-        """Claim ``shard``; held by another builder: UserError naming it, or (``wait``) wait for it to end."""
+    def take(cls, partial: Path, shard: Shard, wait: bool = False, note: bool = True) -> "ShardClaim":
+        """Claim ``shard``; held by another builder: UserError naming it, or (``wait``) wait for it to end.
+        ``note``: record this process as the shard's builder (not for a probe that only asks if it is free)."""
         import logging
 
         folder = Path(partial) / fmt.SHARDS
@@ -117,8 +118,9 @@ class ShardClaim:
         except BaseException:
             os.close(fd)
             raise
-        note = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (folder / f"{shard.stem}.json").write_text(json.dumps(note))
+        if note:
+            who = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            (folder / f"{shard.stem}.json").write_text(json.dumps(who))
         return cls(partial, shard, fd)
 
     def release(self) -> None:
@@ -158,7 +160,7 @@ def held_shards(partial: Path, count: int) -> list[str]:
     held = []
     for shard in all_shards(count):
         try:
-            ShardClaim.take(partial, shard).release()
+            ShardClaim.take(partial, shard, note=False).release()
         except UserError:
             held.append(f"{shard} (by {claim_holder(partial, shard)})")
     return held
