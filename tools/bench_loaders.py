@@ -20,6 +20,9 @@ e.g. "dali_cpu" there):
                   external_source, augmented by DALI's CPU operators (n/a without nvidia-dali)
 Also reported: the cache loader's RSS before/after a full pass over the synthetic
 cache, and with --build the per-core cache build speed against a full-size PIL decode + resize.
+With --larger-than-memory: random vs block order (loader.order) on a synthetic cache --ooc-ratio x
+larger than the memory the loader may use (a memory cgroup of --ooc-limit-mib), images/s and disk MB/s,
+against the same loader on the same cache in memory.
 """
 from __future__ import annotations
 
@@ -113,7 +116,8 @@ def synthetic_cache(cfg, ctx, folder: Path, n: int, size: int):
         f.truncate(n * stride)
     mm, view = fmt.open_records(folder / fmt.IMAGES, n, stride, writable=True)
     src = np.arange(n) % len(base)
-    view[:, : fmt.record_bytes(size)] = base.reshape(len(base), -1)[src]
+    for a in range(0, n, 1024):  # in chunks: one fancy-indexed copy of a cache larger than memory would not fit
+        view[a : a + 1024, : fmt.record_bytes(size)] = base.reshape(len(base), -1)[src[a : a + 1024]]
     mm.flush()
     sums = np.array([fmt.checksum(view[i, : fmt.record_bytes(size)]) for i in range(min(n, len(base)))], np.uint32)[src]
     del view
@@ -253,6 +257,142 @@ def bench_build(cfg, ctx, args) -> dict:
     return out
 
 
+# --- a cache larger than the loader's memory: random vs block order (issue #16 item 3) ---------------------------
+
+def _own_memory_cgroup() -> tuple[Path, str] | None:
+    """This process's memory cgroup folder and its limit file: cgroup v2 (memory.max) or v1 (memory.limit_in_bytes)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hierarchy, controllers, rel = line.split(":", 2)
+        if hierarchy == "0":  # v2: the unified tree, if it offers the memory controller to children
+            v2 = Path("/sys/fs/cgroup") / rel.lstrip("/")
+            if (v2 / "cgroup.subtree_control").is_file() and "memory" in (v2 / "cgroup.subtree_control").read_text().split():
+                return v2, "memory.max"
+        elif "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / rel.lstrip("/"), "memory.limit_in_bytes"
+    return None
+
+
+class MemoryLimit:
+    """Moves this process into a child of its own memory cgroup limited to ``limit_mib`` (page cache included), and
+    back on exit. ``systemd-run --scope -p MemoryMax=`` does the same from outside where systemd is PID 1.
+    ``self.how`` says what was used; None if no cgroup could be written (no permission, no memory controller)."""
+
+    def __init__(self, limit_mib: int):
+        self.limit_mib, self.how, self._child, self._parent = limit_mib, None, None, None
+
+    def __enter__(self):
+        own = _own_memory_cgroup()
+        if own is None:
+            return self
+        parent, limit_file = own
+        child = parent / f"bench_loaders_{os.getpid()}"
+        try:
+            child.mkdir()
+            (child / limit_file).write_text(str(self.limit_mib << 20))
+            (child / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as e:
+            print(f"no memory cgroup ({child}: {e})", flush=True)
+            if child.exists():
+                child.rmdir()
+            return self
+        self._child, self._parent, self.how = child, parent, f"cgroup {child / limit_file} = {self.limit_mib} MiB"
+        return self
+
+    def __exit__(self, *exc):
+        if self._child is not None:
+            (self._parent / "cgroup.procs").write_text(str(os.getpid()))
+            self._child.rmdir()
+
+
+def _drop_file_pages(path: Path) -> None:
+    """Evict a file's clean, unmapped pages from the page cache (what a cold cache, or one too big to stay, reads)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _read_bytes() -> int:
+    """Bytes this process has had fetched from storage (page faults and readahead included)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("read_bytes"))
+
+
+def _timed_pass(loader, seconds: float, warmup_s: float) -> dict:
+    """images/s and disk MB/s of ``loader`` over ``seconds`` after ``warmup_s``, across epochs as needed."""
+    t_start, t0, images, read0 = time.perf_counter(), None, 0, 0
+    while True:
+        for b in loader:
+            now = time.perf_counter()
+            if t0 is None and now - t_start >= warmup_s:
+                t0, read0 = now, _read_bytes()
+            elif t0 is not None:
+                images += b.size
+                if now - t0 >= seconds:
+                    dt = now - t0
+                    return {"images_per_s": round(images / dt, 1), "disk_mb_per_s": round((_read_bytes() - read0) / dt / 1e6, 1),
+                            "gathered_mb_per_s": round(images * loader.reader.stride / dt / 1e6, 1)}
+
+
+def bench_larger_than_memory(cfg, ctx, args) -> dict:
+    """The cache loader on a synthetic cache of about ``--ooc-ratio`` x ``--ooc-limit-mib``, read in random and in
+    block order inside a memory cgroup of ``--ooc-limit-mib`` (ABBA passes, pages dropped before each), against
+    the same loader on the same cache in memory (no limit, page cache warm)."""
+    import gc
+
+    from engine.data.cache import format as fmt
+    from engine.data.cache.loader import CacheLoader
+
+    size, limit = args.synthetic_size, args.ooc_limit_mib
+    n = int(args.ooc_ratio * limit * (1 << 20)) // fmt.record_stride(size)
+    folder = Path(cfg.cache.dir) / f"synthetic-{n}-{size}"
+    images_file = folder / fmt.IMAGES
+    synthetic_cache(cfg, ctx, folder, n, size)
+
+    def loader(order: str):
+        from engine.data.cache.reader import CacheReader
+
+        ld = CacheLoader(CacheReader(folder), cfg.loader.batch_size, True, 0, 1, cfg.run.seed, cfg.loader.num_workers,
+                         cfg.loader.prefetch, cfg.loader.pin_memory)
+        if order == "block":
+            ld.block_order(cfg.loader.block_size, cfg.loader.shuffle_window)
+        return ld
+
+    def one_pass(order: str, cold: bool) -> dict:
+        if cold:
+            gc.collect()  # the previous pass's mapping is gone, so its pages can be dropped
+            _drop_file_pages(images_file)
+        ld = loader(order)
+        out = _timed_pass(ld, args.ooc_seconds, args.ooc_warmup)
+        del ld
+        return out
+
+    out: dict = {"records": n, "stored_size": size, "cache_mib": n * fmt.record_stride(size) >> 20, "limit_mib": limit,
+                 "block_size": cfg.loader.block_size, "shuffle_window": cfg.loader.shuffle_window,
+                 "batch_size": cfg.loader.batch_size, "num_workers": cfg.loader.num_workers}
+    with open(images_file, "rb") as f:  # the whole cache into the page cache
+        buf = bytearray(64 << 20)
+        while f.readinto(buf):
+            pass
+    out["in_memory_random"] = one_pass("random", cold=False)
+    passes = []
+    with MemoryLimit(limit) as mem:
+        out["memory_limit"] = mem.how or "none: pages dropped before each pass (a cold cache, not a bounded one)"
+        for order in ("random", "block", "block", "random"):  # ABBA: the shared machine drifts
+            passes.append((order, one_pass(order, cold=True)))
+            print(f"  {order:>6} order, limited: {passes[-1][1]}", flush=True)
+    for order in ("random", "block"):
+        runs = [p for o, p in passes if o == order]
+        out[f"limited_{order}"] = {k: round(sum(r[k] for r in runs) / len(runs), 1) for k in runs[0]} | {"passes": runs}
+    out["block_over_random"] = round(out["limited_block"]["images_per_s"] / out["limited_random"]["images_per_s"], 2)
+    out["in_memory_over_block"] = round(out["in_memory_random"]["images_per_s"] / out["limited_block"]["images_per_s"], 2)
+    if not args.keep_ooc_cache:
+        shutil.rmtree(folder)
+    return out
+
+
 @exit_on_user_error  # config, manifest or cache problems: one line naming the key/file/row, exit 2
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -263,9 +403,16 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, help="override loader.batch_size")
     p.add_argument("--synthetic", type=int, default=20000, help="records in the synthetic cache")
     p.add_argument("--synthetic-size", type=int, default=256, help="stored size of the synthetic cache")
-    p.add_argument("--only", nargs="*", help=f"subset of {list(LOADERS)}")
+    p.add_argument("--only", nargs="*", help=f"subset of {list(LOADERS)} (none if bare)")
     p.add_argument("--build", action="store_true", help="also measure cache build speed per core")
     p.add_argument("--build-images", type=int, default=48)
+    p.add_argument("--larger-than-memory", action="store_true",
+                   help="also: random vs block order on a cache --ooc-ratio x larger than a --ooc-limit-mib memory cgroup")
+    p.add_argument("--ooc-limit-mib", type=int, default=2048, help="memory the loader may use, page cache included")
+    p.add_argument("--ooc-ratio", type=float, default=2.0, help="cache size / --ooc-limit-mib")
+    p.add_argument("--ooc-seconds", type=float, default=20.0, help="timed seconds per pass")
+    p.add_argument("--ooc-warmup", type=float, default=3.0, help="untimed seconds at the start of each pass")
+    p.add_argument("--keep-ooc-cache", action="store_true", help="keep the large synthetic cache for another run")
     args, overrides = p.parse_known_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -279,7 +426,7 @@ def main(argv=None) -> int:
     ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length)
     results: dict = {}
     for name, fn in LOADERS.items():
-        if args.only and name not in args.only:
+        if args.only is not None and name not in args.only:  # a bare --only: none of them
             continue
         rate = fn(cfg, ctx, args)
         results[name] = None if rate is None else round(rate, 1)
@@ -291,6 +438,8 @@ def main(argv=None) -> int:
     for name in ("dali_cpu", "dali_cache_cpu"):
         if results.get("pil") and results.get(name):
             print(f"{name} / pil: {results[name] / results['pil']:,.1f}x")
+    if args.larger_than_memory:
+        EXTRA["larger_than_memory"] = bench_larger_than_memory(cfg, ctx, args)
     if args.build:
         EXTRA["build"] = bench_build(cfg, ctx, args)
     for k, v in EXTRA.items():

@@ -122,10 +122,12 @@ def test_best_checkpoint_and_early_stopping(tiny_overrides, tmp_path):
 @pytest.mark.parametrize("extra", [
     ["--train.grad_accum=2", "--loader.balanced_sampling=inverse", "--augment.mixup_alpha=0.4", "--augment.cutmix_alpha=1.0"],
     ["--loader.backend=pil", "--loader.num_workers=2"],
-], ids=["accum-balanced-mix", "pil-workers"])
+    ["--loader.order=block", "--loader.block_size=4", "--loader.shuffle_window=2", "--loader.balanced_sampling=sqrt"],
+], ids=["accum-balanced-mix", "pil-workers", "block-order-balanced"])
 def test_resume_mid_epoch_exact_with_more_state(tiny_overrides, tmp_path, extra):
-    """Mid-epoch resume stays bitwise with gradient accumulation, a weighted sampler, mixup/cutmix draws
-    and DataLoader worker processes: each is state that a resume could restart in the wrong place."""
+    """Mid-epoch resume stays bitwise with gradient accumulation, a weighted sampler, mixup/cutmix draws,
+    DataLoader worker processes and a block-shuffled order: each is state that a resume could restart in the wrong
+    place."""
     common = ["--train.epochs=2", "--train.checkpoint_every_steps=1", "--model.dropout=0.2", *extra]
     full = make_cfg(tiny_overrides, tmp_path, "full", *common)
     loop.train(full)
