@@ -2,11 +2,12 @@
 
     python tools/oof.py --config X.yaml --folds K --out DIR [--launcher "deepspeed --num_gpus 2"] [--section.key=value ...]
 
-Writes DIR/folds/fold<k>/manifest.csv (the manifest with the split rewritten: fold k is val), runs them as
-DIR/runs/fold<k> (the sweep machinery: resumable, a finished fold is skipped), scores each fold's best
-checkpoint on its held-out rows, then DIR/oof.csv (row, label, fold, prob_<class>...), DIR/oof.npz,
-DIR/oof_metrics.json (metrics of all OOF predictions together) and DIR/results.{csv,md,png} (per fold).
-See docs/workflows.md and engine/workflows/oof.py.
+Fold k is the recipe run with --data.folds=K --data.fold=k (its val split is fold k of the train rows), as
+DIR/runs/fold<k> (the sweep machinery: resumable, a finished fold is skipped; the recipe's caches are built once
+and serve every fold). Writes DIR/folds.csv (row, fold), scores each fold's best checkpoint on its held-out
+rows, then DIR/oof.csv (row, label, fold, prob_<class>...), DIR/oof.npz, DIR/oof_metrics.json (metrics of all
+OOF predictions together) and DIR/results.{csv,md,png} (per fold). See docs/workflows.md and
+engine/workflows/oof.py.
 """
 from __future__ import annotations
 
@@ -36,15 +37,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     from engine.config import load_config
     from engine.workflows.ensemble import Predictions, is_fresh, probs_file
-    from engine.workflows.oof import OofError, fold_manifests, write_oof
+    from engine.workflows.oof import OofError, fold_assignment, write_folds, write_oof
     from engine.workflows.results import write_results
     from engine.workflows.sweep import SweepConfig, Variant, run_sweep
     from evaluate import evaluate_run
 
     cfg = load_config(args.config, overrides)
-    paths, kept, train, folds = fold_manifests(cfg, args.out, args.folds)
-    root = str(Path(cfg.data.root or Path(cfg.data.manifest).parent).resolve())  # image paths stay valid
-    variants = [Variant(f"fold{f}", [f"--data.manifest={p}", f"--data.root={root}"], f"fold{f}") for f, p in enumerate(paths)]
+    train, folds = fold_assignment(cfg, args.folds)
+    write_folds(args.out, train, folds)
+    variants = [Variant(f"fold{f}", [f"--data.folds={args.folds}", f"--data.fold={f}"], f"fold{f}")
+                for f in range(args.folds)]
     sweep = SweepConfig(base=args.config, out=str(args.out), launcher=args.launcher, overrides=overrides)
     run_sweep(sweep, variants)
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not is_fresh(run, "val", "best"):
             evaluate_run(run, "val", "best")
         p = Predictions.load(probs_file(run, "val", "best"))
-        original = kept[f][p.rows]  # fold manifest row -> original manifest row
+        original = np.asarray(p.rows, dtype=np.int64)  # the folds select rows of the recipe's own manifest
         if any(fold_of.get(int(r)) != f for r in original):
             raise OofError(f"{run}: scored rows that are not fold {f}'s held-out rows")
         if classes is not None and p.classes != classes:

@@ -7,7 +7,8 @@
 Every variant is planned and its config loaded before anything runs, so an unknown key or a bad value fails
 naming the variant and the key. Each variant then is: its cache (``tools/build_cache.py`` with its overrides;
 pixels are reused by pixel key and an up-to-date cache is a no-op; variants whose cache settings are equal share
-one call), then its run (``engine/train.py`` under the user's launcher, in ``OUT/runs/<variant>``). A variant
+one call; variants that differ only in their row selection -- ``data.max_*_samples``, ``data.folds``/``fold`` --
+share one build without it, which serves each variant's rows), then its run (``engine/train.py`` under the user's launcher, in ``OUT/runs/<variant>``). A variant
 whose run folder holds summary.json is done and skipped; one with a ``last`` checkpoint resumes (``--resume``).
 """
 from __future__ import annotations
@@ -151,14 +152,34 @@ def load_all(sweep: SweepConfig, variants: list[Variant]) -> dict[str, Any]:
     return configs
 
 
-def cache_signature(cfg) -> Optional[str]:
-    """What decides a variant's caches (the settings cache_key reads); None when it trains without a cache."""
+# The settings that only select rows: a cache built without them holds every selection's rows and serves it
+# (engine/data/cache/selection.py), so variants that differ only in these share one build of it.
+NO_SELECTION = {"max_train_samples": None, "max_val_samples": None, "max_test_samples": None, "folds": 0, "fold": 0}
+UNSELECTED = [f"--data.{k}={json.dumps(v)}" for k, v in NO_SELECTION.items()]  # the overrides of that build
+
+
+def cache_signature(cfg, selection: bool = True) -> Optional[str]:
+    """What decides a variant's caches (the settings cache_key reads), without the row selection unless
+    ``selection``; None when it trains without a cache."""
     if cfg.loader.backend not in ("cache", "dali_cache"):
         return None
     from dataclasses import asdict
 
-    return json.dumps({"data": asdict(cfg.data), "cache": asdict(cfg.cache), "text": cfg.model.text_encoder,
+    data = asdict(cfg.data)
+    if not selection:
+        data.update(NO_SELECTION)
+    return json.dumps({"data": data, "cache": asdict(cfg.cache), "text": cfg.model.text_encoder,
                        "max_length": cfg.model.text_max_length, "seed": cfg.run.seed}, sort_keys=True, default=str)
+
+
+def selection_groups(configs: dict[str, Any]) -> set[str]:
+    """The selection-free signatures that several variants' different selections share (one build serves them)."""
+    groups: dict[str, set] = {}
+    for cfg in configs.values():
+        group = cache_signature(cfg, selection=False)
+        if group is not None:
+            groups.setdefault(group, set()).add(cache_signature(cfg))
+    return {g for g, sigs in groups.items() if len(sigs) > 1}
 
 
 def _with_free_port(launcher: list[str]) -> list[str]:
@@ -213,7 +234,8 @@ def run_sweep(sweep: SweepConfig, variants: Optional[list[Variant]] = None) -> l
             print(f"  {v.name}: {run_state(sweep.runs_dir / v.name)}  {shlex.join(v.overrides)}")
         return []
     out, launcher = Path(sweep.out), shlex.split(sweep.launcher) or [sys.executable]
-    built: dict[str, str] = {}  # cache signature -> the variant whose build call covered it
+    built: dict[str, str] = {}  # cache signature (or selection group) -> the variant whose build call covered it
+    shared = selection_groups(configs)
     records, ran = [], 0
     for v in variants:
         folder = sweep.runs_dir / v.name
@@ -227,13 +249,15 @@ def run_sweep(sweep: SweepConfig, variants: Optional[list[Variant]] = None) -> l
         t_variant = time.perf_counter()
         overrides = run_overrides(sweep, v)
         cache_s, cache_note = 0.0, "none (no cache backend)"
-        sig = cache_signature(configs[v.name])
-        if sig is not None and sig in built:
-            cache_note = f"shared with {built[sig]}"
+        sig, group = cache_signature(configs[v.name]), cache_signature(configs[v.name], selection=False)
+        unselected = group in shared  # built once without the selection; every variant's rows are served from it
+        if sig is not None and (group if unselected else sig) in built:
+            cache_note = f"{'served from the caches built by' if unselected else 'shared with'} {built[group if unselected else sig]}"
         elif sig is not None:
             cache_s = _call([sys.executable, str(ROOT / "tools/build_cache.py"), "--config", sweep.base, *overrides,
-                             "--no-progress"], out / "logs" / f"{v.name}.cache.log")
-            built[sig], cache_note = v.name, "built or up to date"
+                             *(UNSELECTED if unselected else []), "--no-progress"], out / "logs" / f"{v.name}.cache.log")
+            built[group if unselected else sig] = v.name
+            cache_note = "built or up to date" + (" (without the row selection: it serves every variant's)" if unselected else "")
         extra = {"resume": ["--resume"], "restart": ["--run.existing=keep_aside"]}.get(state, [])
         train_s = _call([*_with_free_port(launcher), str(ROOT / "engine/train.py"), "--config", sweep.base, *overrides, *extra],
                         out / "logs" / f"{v.name}.train.log")

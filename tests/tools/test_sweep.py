@@ -86,3 +86,22 @@ def test_sweep_table_matches_runs_and_a_stopped_sweep_resumes(tmp_path, tiny_ove
     same = [c for c in reference if c not in NOISY]
     assert {c: table["image_only"][c] for c in same} == {c: reference[c] for c in same}
     assert (part / "results.png").stat().st_size > 0 and "| image_only |" in (part / "results.md").read_text()
+
+
+def test_variants_that_differ_only_in_their_rows_share_one_unselected_build(tmp_path):
+    """A learning curve (max_train_samples) or folds: one cache build without the selection serves every variant."""
+    from engine.config import load_config
+    from engine.workflows.sweep import UNSELECTED, SweepConfig, cache_signature, load_all, selection_groups
+
+    variants = tmp_path / "v.yaml"
+    variants.write_text("fused: {}\nimage_only: {model.text_encoder: null, model.use_tabular: false}\n")
+    sweep = SweepConfig(base="configs/demo.yaml", out=str(tmp_path / "out"), variants=str(variants),
+                        grid=["data.max_train_samples=8,16"])
+    plans = plan({"fused": {}, "image_only": {"model.text_encoder": None, "model.use_tabular": False}},
+                 parse_grid(sweep.grid))
+    configs = load_all(sweep, plans)
+    groups = selection_groups(configs)
+    assert len(groups) == 2  # fused x 2 subsets, image_only x 2 subsets: other text settings, another cache
+    full = load_config("configs/demo.yaml", ["--data.max_train_samples=8", *UNSELECTED])
+    assert cache_signature(full) == cache_signature(full, selection=False) in groups
+    assert not selection_groups({v.name: c for v, c in zip(plans, configs.values()) if v.name.endswith("=8")})

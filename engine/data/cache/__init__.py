@@ -5,6 +5,8 @@
     writer.py  build_cache: parallel, resumable build of one split
     reader.py  open_cache / CacheReader / verify_cache
     loader.py  CacheLoader: a ShardedLoader gathering batches from the map in threads
+    selection.py  a subset or fold served from the cache that holds its rows (no build of its own)
+    inventory.py  what cache.dir holds, what each cache was built from, which are stale (tools/caches.py)
 
 Build with ``python tools/build_cache.py --config CONFIG``; train with ``loader.backend: cache``.
 """

@@ -23,6 +23,11 @@ A cache of one split is a folder ``<cache.dir>/<split>-<key[:12]>/``::
                         a rejected record is empty); checksums.npy then holds the crc32 of each record's JPEG bytes
     metadata.json    how it was built: the key components, counts, stride, shape, versions
                      (and ``pixels_from``, the cache whose images.u8 it reuses, if any)
+    origin.json      what it was built from: manifest path, data settings, working directory (written by
+                     tools/build_cache.py after the build; read by inventory.py to tell a stale cache)
+
+A seeded subset or a fold has no folder of its own when a finished cache holds its rows: ``selection.py``
+serves it from that cache's records.
 
 Record i is split position i (``DataContext.split(split)`` order), whether or
 not its image was good, so a record's offset never depends on other records
