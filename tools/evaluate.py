@@ -5,7 +5,8 @@
 
 The config is rebuilt from RUN_DIR/config.yaml (overrides such as
 --loader.num_workers=0 apply on top), the model from the config, and the
-weights are loaded through DeepSpeed from RUN_DIR/checkpoints/<checkpoint>.
+weights are loaded from RUN_DIR/checkpoints/<checkpoint>: its model.safetensors (a weights-only tag, 'best' by
+default) or DeepSpeed's model file (a full tag, 'last').
 """
 from __future__ import annotations
 

@@ -143,10 +143,7 @@ def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_st
     shared = config.get("run", {}).get("shared_fs", True)
     writer = folder_writer(shared)  # global rank 0, or each node's local rank 0 for its own disk
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if int(loader_state.get("epoch", state.epoch)) < state.epoch:
-        # saved at an epoch's end: the loop stopped the loader at its last batch, before it moved on by itself;
-        # recorded as the next epoch's start, which any world size or batch size may resume
-        loader_state = {**loader_state, "epoch": state.epoch, "batches_done": 0}
+    loader_state = _epoch_end_as_next_start(loader_state, state)
     mid_epoch = bool(loader_state.get("batches_done", 0))
     layout = Layout(world, int(engine.zero_optimization_stage()), shared, tag_kind(config, tag), mid_epoch)
     if writer and (folder / partial).exists():
@@ -180,6 +177,14 @@ def save_checkpoint(engine, folder: Path, tag: str, state: TrainState, loader_st
         (folder / partial).rename(folder / tag)
         shutil.rmtree(old, ignore_errors=True)
     barrier()
+
+
+def _epoch_end_as_next_start(loader_state: dict, state: TrainState) -> dict:
+    """A position saved at an epoch's end (the loop stops the loader at its last batch, before the loader moves on
+    by itself) as the next epoch's start, which any world size or batch size may resume."""
+    if int(loader_state.get("epoch", state.epoch)) < state.epoch:
+        return {**loader_state, "epoch": state.epoch, "batches_done": 0}
+    return loader_state
 
 
 def _save_full(engine, folder: Path, partial: str, state: TrainState, loader_state: dict, config: dict, rank: int,
@@ -298,7 +303,8 @@ def load_checkpoint(engine, folder: Path, tag: str, rank: int, load_optimizer: b
         buffers_file = folder / name / f"buffers_rank{rank}.pt"
         if load_optimizer and buffers_file.exists():  # absent for a rank the saving run did not have: averaged ones stay
             restore_buffers(engine.module, torch.load(buffers_file, map_location="cpu"))
-    return TrainState(**client["train_state"]), client["loader"]
+    state = TrainState(**client["train_state"])
+    return state, _epoch_end_as_next_start(client["loader"], state)  # checkpoints saved before it was done at save
 
 
 def _deepspeed_load(engine, folder: Path, name: str, load_optimizer: bool, universal: bool):

@@ -172,8 +172,8 @@ def report_extension_lock_wait(lock: Optional[Path], every_s: float = 30.0) -> I
     if lock is None:
         yield
         return
-    hint = (f"another job is building DeepSpeed's CPU shm op in the same torch extensions cache; this start waits until "
-            f"it finishes (set TORCH_EXTENSIONS_DIR to a folder of your own to build separately)")
+    hint = ("another job is building DeepSpeed's CPU shm op in the same torch extensions cache; this start waits until "
+            "it finishes (set TORCH_EXTENSIONS_DIR to a folder of your own to build separately)")
     if lock_held_elsewhere(lock):
         _say(f"waiting for the lock {lock}: {hint}")
     done, waited = threading.Event(), [0.0]

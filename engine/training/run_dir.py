@@ -93,9 +93,10 @@ def check_resume_layout(cfg: Config) -> None:
     if layout.kind == "weights":
         raise RunFolderError(f"--resume: {where} holds the model's weights only (train.checkpoint_last=weights), "
                              "nothing to resume from; start a fresh run.name (tools/evaluate.py still reads it)")
-    if layout.zero_stage != cfg.deepspeed.zero_stage:
-        raise RunFolderError(f"--resume: {where} was saved with deepspeed.zero_stage={layout.zero_stage}, this run has "
-                             f"{cfg.deepspeed.zero_stage}; resume with --deepspeed.zero_stage={layout.zero_stage}")
+    stage = cfg.deepspeed.extra.get("zero_optimization", {}).get("stage", cfg.deepspeed.zero_stage)  # extra wins
+    if layout.zero_stage != stage:
+        raise RunFolderError(f"--resume: {where} was saved with ZeRO stage {layout.zero_stage}, this run has stage "
+                             f"{stage}; resume with --deepspeed.zero_stage={layout.zero_stage}")
     _, world = launch_rank_world()
     if world != layout.world_size and layout.mid_epoch:
         raise RunFolderError(f"--resume on {world} rank(s): {where} was saved inside an epoch by {layout.world_size} "

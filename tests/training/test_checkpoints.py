@@ -94,3 +94,29 @@ def test_best_is_weights_only_and_what_cannot_resume_is_refused(tiny_overrides, 
     with pytest.raises(RunFolderError, match=r"--resume: .*last holds the model's weights only"):
         loop.train(make_cfg(tiny_overrides, tmp_path, "f", "--train.epochs=2"), resume=True)
 
+
+
+@pytest.mark.parametrize("layout, world, zero, message", [
+    ({"world_size": 2, "zero_stage": 1, "shared_fs": False}, 1, 1,
+     r"--resume on 1 rank\(s\): .*last was saved by 2 ranks with ZeRO-1, .*2 are not here .*each node's disk holds its "
+     r"own ranks' shards.*Copy every node's last/zero_pp_rank_\* files into it, or resume on 2 ranks"),
+    ({"world_size": 2, "zero_stage": 0, "mid_epoch": True}, 3, 0, r"saved inside an epoch by 2 ranks.*resume on 2 ranks"),
+    ({"world_size": 1, "zero_stage": 2}, 1, 0, r"saved with ZeRO stage 2, this run has stage 0; resume with "
+                                               r"--deepspeed.zero_stage=2"),
+], ids=["zero-shards-on-other-nodes", "mid-epoch-other-world", "other-zero-stage"])
+def test_a_checkpoint_this_launch_cannot_resume_is_refused_before_deepspeed(tmp_path, monkeypatch, layout, world, zero,
+                                                                            message):
+    from engine.config import load_config
+    from engine.training.run_dir import check_run_folder
+
+    last = tmp_path / "r" / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    (last / "train_state.json").write_text(json.dumps({"epoch": 1}))
+    (last / "layout.json").write_text(json.dumps(layout))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    cfg = load_config("configs/demo.yaml", [f"--run.output_dir={tmp_path}", "--run.name=r", f"--deepspeed.zero_stage={zero}"])
+    with pytest.raises(RunFolderError, match=message):
+        check_run_folder(cfg, resume=True)
+    if layout["zero_stage"] == zero:  # on the saving world size (and so from any point), resumable as it is
+        (last / "layout.json").write_text(json.dumps({**layout, "world_size": world}))
+        check_run_folder(cfg, resume=True)
