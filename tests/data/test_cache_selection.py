@@ -34,8 +34,10 @@ def test_subset_is_served_from_the_full_cache(dataset, tmp_path):
     assert isinstance(reader, SelectionReader) and reader.count == 10
     whole = open_cache(full, make_ctx(full), "train")
     row_of = {int(r): i for i, r in enumerate(whole.fields["rows"])}
-    for i, row in enumerate(reader.fields["rows"]):
-        np.testing.assert_array_equal(reader.record(i), whole.record(row_of[int(row)]))
+    mapped = np.array([row_of[int(row)] for row in reader.fields["rows"]])
+    for i in range(reader.count):
+        np.testing.assert_array_equal(reader.record(i), whole.record(mapped[i]))
+    np.testing.assert_array_equal(reader.pixels(np.arange(10)), whole.pixels(mapped))  # the dali_cache path
 
     own = make_cfg(dataset, tmp_path / "own", "--data.max_train_samples=10", "--run.seed=3")  # a cache of its own
     assert build_cache(own, make_ctx(own), "train", progress=False).decoded == 10
@@ -88,3 +90,25 @@ def test_a_changed_image_or_manifest_is_not_served(dataset, tmp_path):
     other = make_cfg(dataset, tmp_path / "cache", "--data.max_train_samples=5")
     with pytest.raises(CacheError, match="manifest changed"):
         open_cache(other, make_ctx(other), "train")
+
+
+def test_rejected_images_of_a_selection_follow_on_bad_image(tmp_path):
+    from engine.data.cache import CacheBuildError
+    from tests.data.conftest import write_dataset
+    from tests.data.test_cache import _bad_files
+
+    root = tmp_path / "data"
+    write_dataset(root)
+    manifest = write_dataset(root, extra=_bad_files(root))
+    full = make_cfg(manifest, tmp_path / "cache", "--data.on_bad_image=skip")
+    assert len(build_cache(full, make_ctx(full), "train", progress=False).rejected) == 4
+    subset = make_cfg(manifest, tmp_path / "cache", "--data.on_bad_image=skip", "--data.max_train_samples=26")
+    ctx = make_ctx(subset)
+    reader = open_cache(subset, ctx, "train")
+    bad = {i for i, p in enumerate(ctx.split("train").paths) if "/bad/" in p and "missing" not in p}
+    assert bad and set(reader.good.tolist()) == set(range(26)) - bad  # the cover's rejects stay out
+    strict = make_cfg(manifest, tmp_path / "cache", "--data.max_train_samples=26")
+    with pytest.raises(CacheBuildError, match=r"undecodable image\(s\) of this selection.*bad/.*on_bad_image=skip"):
+        build_cache(strict, make_ctx(strict), "train", progress=False)
+    with pytest.raises(CacheError, match=r"undecodable image\(s\) of this selection"):
+        open_cache(strict, make_ctx(strict), "train")
