@@ -138,8 +138,40 @@ def _build(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, int]:
     import timm
 
     model = timm.create_model(spec.timm_name, pretrained=pretrained, num_classes=0, **spec.kwargs)
-    model.token_dim = model.num_features  # forward_features channels; pooled size may differ (head_hidden_size)
-    return model, getattr(model, "head_hidden_size", model.num_features)
+    pooled, model.token_dim = _probe_sizes(model, spec.size_multiple)
+    return model, pooled
+
+
+def _probe_sizes(model: nn.Module, size_multiple: int) -> tuple[int, int]:
+    """(pooled feature size, token channel size) read from one forward pass of a 1-image batch.
+
+    timm's attributes disagree across families: ``num_features`` is the last feature map's channels, while
+    MobileNetV3, GhostNet, LCNet, EfficientViT, HGNetV2 ... pool through a head conv to ``head_hidden_size``.
+    The model's own output is the one size that is always right. A small input first (cheap); models that
+    need their native size (fixed-size ViTs, window attention) get it.
+    """
+    native = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[1:])
+    small = (size_multiple * -(-64 // size_multiple),) * 2  # 64, rounded up to the patch size
+    was_training = model.training
+    model.eval()  # batch of one: BatchNorm must not use (or update) batch statistics
+    try:
+        with torch.no_grad():
+            for size in dict.fromkeys((small, native)):
+                try:
+                    feats = model.forward_features(torch.zeros(1, 3, *size))
+                    break
+                except (RuntimeError, AssertionError, ValueError):
+                    if size == native:
+                        raise
+            pooled = model.forward_head(feats)  # what model(images) returns (num_classes=0)
+    finally:
+        model.train(was_training)
+    return int(pooled.shape[-1]), int(feats.shape[-1] if _channels_last(model, feats) else feats.shape[1])
+
+
+def _channels_last(model: nn.Module, feats: torch.Tensor) -> bool:
+    """Whether ``forward_features`` gives tokens [B, N, C] or an NHWC map (Swin, MambaOut) rather than NCHW."""
+    return feats.ndim == 3 or getattr(model, "output_fmt", "NCHW") == "NHWC"
 
 
 def _hf_vision_config(path: str):
@@ -185,7 +217,10 @@ def backbone_tokens(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
         return model.forward_tokens(images)
     feats = model.forward_features(images)  # timm: checkpointed stages live in here
     pooled = model.forward_head(feats, pre_logits=True)
-    tokens = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
+    if feats.ndim == 4:
+        tokens = feats.flatten(1, 2) if _channels_last(model, feats) else feats.flatten(2).transpose(1, 2)
+    else:
+        tokens = feats
     return pooled, tokens
 
 

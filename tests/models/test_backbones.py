@@ -126,3 +126,45 @@ def test_grad_checkpointing_leaves_batchnorm_statistics_as_without_it(name):
         assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == 1
         torch.testing.assert_close(b.running_var, a.running_var)
         torch.testing.assert_close(b.running_mean, a.running_mean)
+
+
+# One or two small members of many timm families, at a 64-pixel input where the model takes any size
+# (fixed-size models at their native one). The first six pool through a head conv: their output is
+# head_hidden_size wide, not num_features (mobilenetv3_small_100 used to crash at the first step).
+TIMM_FAMILIES = {
+    "mobilenetv3_small_050": 64, "ghostnet_050": 64, "lcnet_050": 64, "hgnetv2_b0": 64, "mobilenetv4_conv_small": 64,
+    "efficientvit_b0": 64, "mambaout_femto": 64,  # NHWC feature maps (as Swin)
+    "resnet10t": 64, "convnext_atto": 64, "test_efficientnet": 64, "test_byobnet": 64, "test_nfnet": 64,
+    "darknet17": 64, "ese_vovnet19b_slim": 64, "cspresnet50": 64, "tiny_vit_5m_224": 64,
+    "test_vit": 64, "xcit_nano_12_p16_224": 64, "levit_128s": 224,  # token models; LeViT is fixed-size
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_FAMILIES))
+def test_timm_families_report_their_real_output_sizes(name):
+    from engine.models.backbones import backbone_token_dim, backbone_tokens
+
+    model, dim = create_backbone(name, pretrained=False)
+    assert model.training  # the size probe leaves the mode as it found it
+    model.eval()
+    size = TIMM_FAMILIES[name]
+    with torch.no_grad():
+        images = torch.randn(2, 3, size, size)
+        pooled, tokens = backbone_tokens(model, images)  # cross-attention fusion's path
+        assert model(images).shape == (2, dim)  # every other fusion's path
+    assert pooled.shape == (2, dim)
+    assert tokens.ndim == 3 and tokens.shape[0] == 2 and tokens.shape[2] == backbone_token_dim(model)
+
+
+def test_head_conv_backbone_trains_in_a_fusion_model(tiny_bert):
+    """The reported crash: a concat fusion over mobilenetv3 expected num_features (the width before its head conv)."""
+    from engine.models import ModelConfig, create_model
+
+    for fusion in ("concat", "cross_attention"):
+        cfg = ModelConfig(backbone="mobilenetv3_small_050", text_encoder=tiny_bert, text_max_length=8, fusion=fusion,
+                          fusion_dim=16, cross_attention_heads=2)
+        model = create_model(cfg, 3, 1, [])
+        out = model(torch.randn(2, 3, 64, 64), torch.randint(1000, 2000, (2, 8)), torch.ones(2, 8, dtype=torch.long),
+                    torch.randn(2, 1), torch.zeros(2, 0, dtype=torch.long))
+        out.logits.sum().backward()
+        assert out.logits.shape == (2, 3)
