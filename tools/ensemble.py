@@ -5,7 +5,8 @@
 Members must share their classes (refused naming the runs otherwise). Each member's evaluation is reused from
 RUN/eval/<split>_<checkpoint>_probs.npz when it is newer than the checkpoint, else run first (tools/evaluate.py).
 Writes OUT/ensemble_<split>.{csv,md} (every member's metrics and the ensemble's), _metrics.json and _probs.npz.
-See docs/workflows.md.
+Works under the DeepSpeed launcher like tools/evaluate.py (`deepspeed --num_gpus N tools/ensemble.py ...`): the
+members' evaluations are sharded over the ranks, rank 0 writes. See docs/workflows.md.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from evaluate import evaluate_run, load_run_config
 
+    from engine.training.distributed import barrier
     from engine.training.loop import split_metrics
     from engine.workflows.ensemble import (EnsembleError, Predictions, average, check_same_classes, is_fresh,
                                            probs_file, table_row, write_ensemble)
@@ -40,12 +42,15 @@ def main(argv: list[str] | None = None) -> dict:
     if len(args.runs) < 2 or len(set(args.runs)) < len(args.runs):
         raise EnsembleError(f"--runs: name two or more different run folders, got {[str(r) for r in args.runs]}")
     check_same_classes(args.runs)  # before any evaluation
-    members, table = {}, []
     cfg = load_run_config(args.runs[0], overrides)
-    for run in args.runs:
-        if not is_fresh(run, args.split, args.checkpoint):
-            evaluate_run(run, args.split, args.checkpoint, overrides)
-        members[str(run)] = Predictions.load(probs_file(run, args.split, args.checkpoint))
+    # Under the launcher every rank takes part in each evaluation and rank 0 writes its probs.npz: which members to
+    # evaluate is decided before any is written (so all ranks agree), and read back once rank 0 has written them.
+    stale = [run for run in args.runs if not is_fresh(run, args.split, args.checkpoint)]
+    for run in stale:
+        evaluate_run(run, args.split, args.checkpoint, overrides)
+    barrier()
+    members = {str(run): Predictions.load(probs_file(run, args.split, args.checkpoint)) for run in args.runs}
+    table = []
     ensemble = average(members)
     metrics = split_metrics(ensemble.labels, ensemble.probs, ensemble.classes, cfg, args.split)
     for name, m in members.items():

@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import yaml
 
-from tests.training.conftest import PY, ROOT, env, run_cmd, train_cmd
+from tests.training.conftest import PY, ROOT, deepspeed_cmd, env, run_cmd, train_cmd
 
 
 def test_ensemble_averages_members_and_refuses_other_classes(tiny_run, tiny_overrides, tmp_path):
@@ -22,6 +22,15 @@ def test_ensemble_averages_members_and_refuses_other_classes(tiny_run, tiny_over
     np.testing.assert_allclose(z["probs"], mean, rtol=1e-6)
     table = (out / "ensemble_test.md").read_text()
     assert "ensemble (mean)" in table and str(second) in table
+
+    # as users start the other tools: under the DeepSpeed launcher, a stale member evaluated first, rank 0 writes
+    (second / "eval" / "test_best_probs.npz").unlink()
+    deepspeed_cmd(1, "tools/ensemble.py", "--runs", str(tiny_run), str(second), "--out", str(tmp_path / "ens_ds"),
+                  "--split", "test")
+    assert (second / "eval" / "test_best_probs.npz").is_file()
+    launched = np.load(tmp_path / "ens_ds" / "ensemble_test_probs.npz")
+    assert np.array_equal(launched["rows"], z["rows"])
+    np.testing.assert_allclose(launched["probs"], z["probs"], rtol=1e-6)
 
     other = tmp_path / "other_classes"
     shutil.copytree(second, other)
