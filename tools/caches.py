@@ -8,7 +8,8 @@
 cache whose manifest is gone or changed, or whose image files changed since it was built, and an unfinished
 build (``.partial``) untouched for --older-than hours (default 24) while no build runs. Without --yes it only
 says what it would remove. A cache without an origin record (``origin.json``, written by tools/build_cache.py;
-older caches lack it) is never judged stale: delete it by hand if you know it is. A seeded subset or fold is no
+older caches lack it) is judged with the --config recipe when it was built from that recipe's manifest file,
+else never judged stale: delete it by hand if you know it is. A seeded subset or fold is no
 cache of its own: it is served from the cache that holds its rows. See engine/data/cache/inventory.py.
 
 Exit status: 0 done; 2 the config or folder is wrong.
@@ -41,20 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.dir is not None and overrides:
         raise UserError(f"--section.key overrides ({' '.join(overrides)}) need --config, not --dir")
 
-    from engine.data.cache.inventory import inspect_caches, prune, total_bytes
+    from engine.data.cache.inventory import inspect_caches, origin_of, prune, total_bytes
 
+    recipe = None
     if args.dir is not None:
         root = args.dir
     else:
         from engine.config import load_config
 
-        root = Path(load_config(args.config, overrides).cache.dir)
+        cfg = load_config(args.config, overrides)
+        root, recipe = Path(cfg.cache.dir), origin_of(cfg)
     if not root.is_dir():
         raise UserError(f"cache.dir {root} is not a folder")
-    entries = inspect_caches(root, args.older_than * 3600)
+    entries = inspect_caches(root, args.older_than * 3600, recipe)
     if args.action == "list":
+        width = max((len(e.folder.name) for e in entries), default=0)
         for e in entries:
-            print(_line(e))
+            print(_line(e, width))
         print(f"{len(entries)} cache(s) in {root}, {_size(total_bytes(entries))} on disk "
               f"(shared pixel files counted once), {sum(bool(e.stale) for e in entries)} stale")
         return 0
@@ -70,12 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _line(e) -> str:
-    state = f"STALE: {e.stale}" if e.stale else ("building (partial)" if e.partial else "ok")
-    records = "-" if e.partial else f"{e.meta.get('good', '?')}/{e.meta.get('count', '?')} records"
+def _line(e, width: int) -> str:
+    if e.stale:
+        state = f"STALE: {e.stale}"
+    elif e.partial:
+        state = "partial (building, or stopped recently)"
+    else:
+        state = "ok" if e.origin and not e.origin_from_recipe else \
+            "ok (checked with this recipe)" if e.origin else "not checked (no origin.json, another manifest)"
+    records = "-" if e.partial else f"{e.meta.get('good', '?')}/{e.meta.get('count', '?')}"
     shares = f", pixels shared with {', '.join(e.shares_with)}" if e.shares_with else ""
-    return (f"{e.folder.name}  {records}  {_size(e.disk_bytes)}  {_age(e.age_s)} old  {state}  "
-            f"[{e.built_from()}{shares}]")
+    return (f"{e.folder.name:<{width}}  {records:>13} records  {_size(e.disk_bytes):>10}  {_age(e.age_s):>7} old  "
+            f"{state}  [{e.built_from()}{shares}]")
 
 
 def _size(n: int) -> str:
@@ -87,7 +97,8 @@ def _size(n: int) -> str:
 
 
 def _age(seconds: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h" if seconds < 172800 else \
+        f"{seconds / 86400:.1f} d"
 
 
 if __name__ == "__main__":

@@ -57,12 +57,14 @@ def test_list_and_prune_through_the_command(tmp_path, capsys):
     Image.new("RGB", (64, 64), (0, 200, 0)).save(val_photo)
     os.utime(val_photo, (time.time() + 5, time.time() + 5))
 
-    dry = _tool("prune", "--config", str(recipe))
+    (cache / val / "origin.json").unlink()  # as a cache built before origins were recorded
+    assert "not checked (no origin.json" in next(l for l in _tool("list", "--dir", str(cache)).splitlines() if val in l)
+    dry = _tool("prune", "--config", str(recipe))  # judged with the recipe: built from its manifest file
     assert f"would remove {abandoned.name}" in dry and f"would remove {val}" in dry and "image files changed" in dry
     assert train not in dry and fresh.name not in dry and "rerun with --yes" in dry
     assert abandoned.is_dir() and (cache / val).is_dir()  # a dry run removes nothing
 
-    done = _tool("prune", "--dir", str(cache), "--yes")
+    done = _tool("prune", "--config", str(recipe), "--yes")
     assert "removed 2 cache(s)" in done
     assert sorted(p.name for p in cache.iterdir()) == sorted([train, fresh.name])
 

@@ -6,8 +6,9 @@ key's digest, which covers the manifest's bytes and the image paths, so that rec
 builds the folder. With it a cache is checked on its own, without the recipe that built it:
 
   stale     its manifest is gone or no longer the file it was built from (``manifest_version``), or its image
-            files changed since (``images_fingerprint``, one stat per record); a cache without an origin record
-            (built before them, or by ``build_cache`` called from Python) shows its manifest's sha256 only and is
+            files changed since (``images_fingerprint``, one stat per record). A cache without an origin record
+            (built before them, or by ``build_cache`` called from Python) is judged with the recipe the user
+            names if it was built from that recipe's manifest file, else shows its manifest's sha256 only and is
             never judged stale;
   partial   an unfinished build (``<name>.partial``): stale once nothing in it was written for ``older_than_s``
             and no build holds the lock on ``cache.dir``.
@@ -25,9 +26,11 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 import numpy as np
 
 from engine.data.cache import format as fmt
+from engine.data.cache.selection import paths_sha
 
 ORIGIN = "origin.json"  # inside a finished cache: what it was built from (record_origin)
 
@@ -36,14 +39,19 @@ def record_origin(cfg, folder: Path) -> None:
     """Write what the finished cache ``folder`` was built from (see the module doc), atomically, if it differs."""
     if not (folder / fmt.METADATA).is_file():
         return
-    origin = {"manifest": os.path.abspath(cfg.data.manifest), "data": asdict(cfg.data), "seed": cfg.run.seed,
-              "cwd": os.getcwd()}
+    origin = origin_of(cfg)
     path = folder / ORIGIN
     if _read_json(path) == origin:
         return
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(origin, indent=1, sort_keys=True))
     os.replace(tmp, path)
+
+
+def origin_of(cfg) -> dict:
+    """The origin record of a cache built under run config ``cfg`` from this working directory."""
+    return {"manifest": os.path.abspath(cfg.data.manifest), "data": asdict(cfg.data), "seed": cfg.run.seed,
+            "cwd": os.getcwd()}
 
 
 @dataclass
@@ -56,6 +64,7 @@ class CacheEntry:
     origin: dict = field(default_factory=dict)  # its origin record ({} when none was recorded)
     stale: str = ""  # why it is stale ('' when it is not)
     shares_with: list[str] = field(default_factory=list)  # caches hard-linked to its pixel file
+    origin_from_recipe: bool = False  # no record of its own: judged with the named recipe's (same manifest file)
 
     def built_from(self) -> str:
         key = self.meta.get("key") or _partial_key(self.folder)
@@ -67,8 +76,10 @@ class CacheEntry:
         return ", ".join(str(b) for b in bits)
 
 
-def inspect_caches(root: Path, older_than_s: float) -> list[CacheEntry]:
-    """Every cache and partial build under ``root``, oldest first, with its staleness."""
+def inspect_caches(root: Path, older_than_s: float, recipe: Optional[dict] = None) -> list[CacheEntry]:
+    """Every cache and partial build under ``root``, oldest first, with its staleness. ``recipe``: the origin of
+    the recipe the user named (``origin_of``), taken for a cache without a record of its own when that cache was
+    built from the recipe's manifest file (the same sha256) and names the same image files (``images_sha``)."""
     from engine.data.cache.lock import holder
 
     root = Path(root)
@@ -80,26 +91,40 @@ def inspect_caches(root: Path, older_than_s: float) -> list[CacheEntry]:
         partial = folder.name.endswith(fmt.PARTIAL_SUFFIX)
         if not partial and not (folder / fmt.METADATA).is_file():
             continue  # not a cache (or one whose folder was never sealed)
-        disk, newest = 0, folder.stat().st_mtime
-        for f in folder.rglob("*"):
-            st = f.lstat()
-            newest = max(newest, st.st_mtime)
-            if f.is_file():
-                disk += st.st_blocks * 512
-                if f.name in (fmt.IMAGES, getattr(fmt, "ENCODED", fmt.IMAGES)) and not partial:
-                    inodes.setdefault((st.st_dev, st.st_ino), []).append(folder.name)
+        try:
+            disk, newest, pixels = _scan(folder)
+        except FileNotFoundError:  # sealed (renamed) or removed while we looked
+            continue
+        if not partial:
+            for inode in pixels:
+                inodes.setdefault(inode, []).append(folder.name)
         entry = CacheEntry(folder, partial, disk, max(0.0, time.time() - newest), origin=_read_json(folder / ORIGIN))
         if partial:
             if entry.age_s > older_than_s and not building:
                 entry.stale = f"unfinished build, untouched for {entry.age_s / 3600:.1f} h"
         else:
             entry.meta = _read_json(folder / fmt.METADATA)
+            if not entry.origin and recipe and _same_manifest(recipe, entry.meta):
+                entry.origin, entry.origin_from_recipe = recipe, True
             entry.stale = finished_stale(folder, entry.meta, entry.origin)
         entries.append(entry)
     for entry in entries:
         entry.shares_with = sorted({n for names in inodes.values() if entry.folder.name in names for n in names}
                                    - {entry.folder.name})
     return sorted(entries, key=lambda e: -e.age_s)
+
+
+def _scan(folder: Path) -> tuple[int, float, list]:
+    """(disk bytes, newest modification time, the (device, inode) of its pixel files) of a cache folder."""
+    disk, newest, pixels = 0, folder.stat().st_mtime, []
+    for f in folder.rglob("*"):
+        st = f.lstat()
+        newest = max(newest, st.st_mtime)
+        if f.is_file():
+            disk += st.st_blocks * 512
+            if f.name in (fmt.IMAGES, getattr(fmt, "ENCODED", fmt.IMAGES)):
+                pixels.append((st.st_dev, st.st_ino))
+    return disk, newest, pixels
 
 
 def finished_stale(folder: Path, meta: dict, origin: dict) -> str:
@@ -109,7 +134,7 @@ def finished_stale(folder: Path, meta: dict, origin: dict) -> str:
     manifest = Path(origin["manifest"])
     if not manifest.is_file():
         return f"its manifest {manifest} is gone"
-    if hashlib.sha256(manifest.read_bytes()).hexdigest() != meta.get("key", {}).get("manifest_version"):
+    if not _same_manifest(origin, meta):
         return f"{manifest} changed since it was built"
     from engine.data.config import DataConfig
     from engine.data.manifest import load_manifest
@@ -120,9 +145,20 @@ def finished_stale(folder: Path, meta: dict, origin: dict) -> str:
             cfg = DataConfig(**origin["data"])
             m = load_manifest(cfg, check_files=False, required_splits=(), seed=origin["seed"])
             paths = [str(m.image_path(int(r), cfg.image_column)) for r in np.load(folder / "rows.npy")]
+            if paths_sha(paths) != meta["key"].get("images_sha"):  # another data.root or image column: not judged
+                return ""
             return changed_images(meta, paths, folder)
-    except (OSError, TypeError, ValueError):  # an origin this version cannot read, a damaged cache: not judged
+    except (OSError, TypeError, ValueError, KeyError):  # an origin this version cannot read, a damaged cache
         return ""
+
+
+def _same_manifest(origin: dict, meta: dict) -> bool:
+    """Whether the origin's manifest file is still the one the cache was built from (its sha256)."""
+    try:
+        digest = hashlib.sha256(Path(origin["manifest"]).read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return digest == meta.get("key", {}).get("manifest_version")
 
 
 def prune(root: Path, entries: list[CacheEntry]) -> int:
@@ -141,11 +177,14 @@ def total_bytes(entries: list[CacheEntry]) -> int:
     """Disk use of ``entries`` with each shared pixel file counted once."""
     seen, total = set(), 0
     for e in entries:
-        for f in e.folder.rglob("*"):
-            st = f.lstat()
-            if f.is_file() and (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
+        try:
+            for f in e.folder.rglob("*"):
+                st = f.lstat()
+                if f.is_file() and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+        except FileNotFoundError:  # gone while we counted
+            continue
     return total
 
 

@@ -74,7 +74,7 @@ def find_cover(cfg, ctx, split: str, key: fmt.CacheKey) -> Optional[Cover]:
         if records is None or not np.array_equal(labels[records], data.labels):
             continue
         paths = [str(ctx.manifest.image_path(int(r), cfg.data.image_column)) for r in held]
-        if _paths_sha(paths) != meta["key"].get("images_sha"):  # the same rows name other files under this root
+        if paths_sha(paths) != meta["key"].get("images_sha"):  # the same rows name other files under this root
             continue
         found.append((len(held), folder, meta, records, paths))
     stale = None
@@ -95,7 +95,7 @@ def _records_of(held: np.ndarray, rows: np.ndarray) -> Optional[np.ndarray]:
     return order[idx].astype(np.int64) if len(held) else np.zeros(0, np.int64)
 
 
-def _paths_sha(paths: list[str]) -> str:
+def paths_sha(paths: list[str]) -> str:
     """``CacheKey.images_sha`` of these image paths (absolute, in record order)."""
     return hashlib.sha256("\n".join(os.path.abspath(p) for p in paths).encode()).hexdigest()
 
