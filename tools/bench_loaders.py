@@ -8,6 +8,8 @@ e.g. "dali_cpu" there):
   pil             the reference: PIL decode + torchvision transforms in DataLoader workers
   cache           the cache loader on the configured split's real cache (uint8 batches
                   at cache.stored_size, ready for the device)
+  cache_jpeg      the cache loader on the same split cached with cache.storage=jpeg
+                  (records decoded in the loader's threads), with both caches' sizes
   cache_synth     the cache loader on a synthetic cache of --synthetic records at
                   --synthetic-size (default 256), written with the cache format by
                   replicating real decoded demo records (page-cache resident)
@@ -97,6 +99,44 @@ def bench_cache(cfg, ctx, args) -> float:
     build_cache(cfg, ctx, "train", progress=False)
     cfg.loader.backend = "cache"
     return _time_batches(create_loader(cfg, ctx, "train", True), args.batches)
+
+
+@loader_bench("cache_jpeg")
+def bench_cache_jpeg(cfg, ctx, args) -> float:
+    """``cache`` on the same split cached with cache.storage=jpeg (records decoded by the loader, Pillow in its
+    threads); the sizes of both caches, and a decode-only figure of Pillow vs DALI's CPU decoder on the same
+    records, go to the "jpeg_storage" entry."""
+    import copy
+
+    from engine.data.cache import build_cache, open_cache
+    from engine.data.cache.decode_jpeg import DaliRecords, PillowRecords
+    from engine.data.loaders import create_loader
+
+    raw, jpeg = copy.deepcopy(cfg), copy.deepcopy(cfg)
+    raw.cache.storage, jpeg.cache.storage = "raw", "jpeg"
+    for c in (raw, jpeg):
+        build_cache(c, ctx, "train", progress=False)
+        c.loader.backend = "cache"
+    readers = {name: open_cache(c, ctx, "train") for name, c in (("raw", raw), ("jpeg", jpeg))}
+    sizes = {name: sum((r.folder / f).stat().st_size for f in ("images.u8", "images.jpg", "offsets.npy")
+                       if (r.folder / f).is_file()) for name, r in readers.items()}
+    r = readers["jpeg"]
+    encoded, out = r.encoded_records(r.good), np.empty((len(r.good), r.record_bytes), np.uint8)
+    decode = {"pil_1_thread": PillowRecords(r.size)}
+    if _dali_installed():
+        decode[f"dali_cpu_{cfg.loader.num_workers}_threads"] = DaliRecords(r.size, "cpu", cfg.loader.num_workers)
+    rates = {}
+    for name, dec in decode.items():
+        dec.into(encoded[:8], out)  # warm-up (DALI builds its pipeline)
+        t0 = time.perf_counter()
+        dec.into(encoded, out)
+        rates[name] = round(len(encoded) / (time.perf_counter() - t0), 1)
+    loss = np.abs(out.astype(np.int16) - readers["raw"].pixels(r.good).reshape(len(r.good), -1))  # JPEG's error
+    EXTRA["jpeg_storage"] = {"records": r.count, "size": r.size, "quality": jpeg.cache.jpeg_quality,
+                             "bytes": sizes, "raw_over_jpeg": round(sizes["raw"] / sizes["jpeg"], 2),
+                             "mean_abs_vs_raw": round(float(loss.mean()), 3),
+                             "frac_over_16": round(float((loss > 16).mean()), 5), "decode_images_per_s": rates}
+    return _time_batches(create_loader(jpeg, ctx, "train", True), args.batches)
 
 
 def synthetic_cache(cfg, ctx, folder: Path, n: int, size: int):
