@@ -14,7 +14,7 @@ embeddings, each caption near its image, ``--per-image`` captions per image:
             shape and caption count, a share m / images of its image blocks), at two m; the
             full size is extrapolated linearly in m (the cost is exactly blocks x block cost,
             plus the per-caption set-up the fit's intercept takes) -- labelled "extrapolated"
-  full      with --full: the whole images x captions problem, timed
+  full      with --full: the whole images x captions problem, timed (instead of the slices)
 
 Memory: peak RSS during the call above what the inputs already held (VmHWM, reset
 through /proc/self/clear_refs before each call; ru_maxrss where that is refused).
@@ -127,26 +127,28 @@ def bench_retrieval(a) -> list[dict]:
                          mpairs_s=pairs / t_blk / 1e6, note=f"ranks equal to dense: {agree:.4%}"))
         print(_fmt(rows[-2]), _fmt(rows[-1]), sep="\n", flush=True)
         del img, txt, own, dense, blocked
-        # slices of the full problem: m images x all nt_full captions, at two m; linear fit in m
+        # slices of the full problem: m images x all nt_full captions, at two m; linear fit in m (--full: the
+        # whole problem is timed instead)
         img_all, txt_all, own_all = embeddings(a.images, nt_full, a.dim)
         probe = []
-        for m in _slice_sizes(a, dtype, img_all, txt_all, own_all, kw):
+        for m in ([] if a.full else _slice_sizes(a, dtype, img_all, txt_all, own_all, kw)):
             own_m = own_all % m  # every caption belongs to one of the m images: same block shapes and count
             metrics, t, mem = measured(lambda: retrieval_metrics(img_all[:m], txt_all, own_m, **kw))
             probe.append((m, t))
             rows.append(dict(what="slice", dtype=name, images=m, captions=nt_full, seconds=t, peak_mib=mem,
                              mpairs_s=m * nt_full / t / 1e6, note="measured"))
             print(_fmt(rows[-1]), flush=True)
-        (m1, t1), (m2, t2) = probe[-2:]
-        rate = (t2 - t1) / (m2 - m1)
-        est = t1 + rate * (a.images - m1)
-        scaled = t2 * a.images / m2  # the larger slice scaled, set-up included: an upper bound when timings are steady
-        rows.append(dict(what="full (extrapolated)", dtype=name, images=a.images, captions=nt_full, seconds=est,
-                         peak_mib=rows[-1]["peak_mib"], mpairs_s=a.images * nt_full / est / 1e6,
-                         note=f"linear in images from the slices at {m1} and {m2} (set-up {t1 - rate * m1:.1f} s); "
-                              f"the {m2} slice scaled: {scaled:,.0f} s"))
-        print(_fmt(rows[-1]), flush=True)
-        if a.full:
+        if probe:
+            (m1, t1), (m2, t2) = probe[-2:]
+            rate = (t2 - t1) / (m2 - m1)
+            est = t1 + rate * (a.images - m1)
+            scaled = t2 * a.images / m2  # the larger slice scaled, set-up included: an upper bound when timings are steady
+            rows.append(dict(what="full (extrapolated)", dtype=name, images=a.images, captions=nt_full, seconds=est,
+                             peak_mib=rows[-1]["peak_mib"], mpairs_s=a.images * nt_full / est / 1e6,
+                             note=f"linear in images from the slices at {m1} and {m2} (set-up {t1 - rate * m1:.1f} s); "
+                                  f"the {m2} slice scaled: {scaled:,.0f} s"))
+            print(_fmt(rows[-1]), flush=True)
+        else:
             metrics, t, mem = measured(lambda: retrieval_metrics(img_all, txt_all, own_all, **kw))
             rows.append(dict(what="full", dtype=name, images=a.images, captions=nt_full, seconds=t, peak_mib=mem,
                              mpairs_s=a.images * nt_full / t / 1e6,
@@ -254,7 +256,7 @@ def main(argv=None) -> int:
     p.add_argument("--text-chunk", type=int, default=8192, help="captions per block")
     p.add_argument("--dense-images", type=int, default=4000, help="size of the dense-matrix comparison")
     p.add_argument("--budget-s", type=float, default=180, help="seconds for the two slices per dtype")
-    p.add_argument("--full", action="store_true", help="also run the whole problem")
+    p.add_argument("--full", action="store_true", help="run the whole problem (instead of slices and extrapolation)")
     p.add_argument("--loaders", action="store_true", help="the cache loader with 5 vs 1 captions per image instead")
     p.add_argument("--loader-images", type=int, default=1500, help="train photos (val: a quarter)")
     p.add_argument("--loader-batch", type=int, default=64)

@@ -22,9 +22,13 @@ Memory: the score matrix is never held. Scores come in blocks of
 ``chunk`` images x ``text_chunk`` captions (one matmul each); a rank is
 1 + the number of candidates scoring strictly higher than the positive, plus
 the tied ones of lower index, counted per block, so both directions come out of
-one pass over the blocks. The positive pair's own score is computed once
-(``pos``) and written over its entry in whichever block holds it, so a pair is
-never compared against a re-rounded copy of itself.
+one pass over the blocks. A block whose candidates all lie below the positive's
+index counts those at or above its score (compared with the next representable
+score below it), one all above counts those strictly above: one compare-and-sum
+per direction and block, ties looked at only where the positive's index falls
+inside the block. The positive pair's own score is computed once (``pos``) and
+written over its entry in whichever block holds it, so a pair is never compared
+against a re-rounded copy of itself.
 """
 from __future__ import annotations
 
@@ -75,6 +79,12 @@ def retrieval_ranks(image_emb, text_emb, text_image, chunk: int = 256, text_chun
     by_image = torch.argsort(own, stable=True)  # captions grouped by image, to find a block's positives
     starts = torch.searchsorted(own[by_image], torch.arange(ni + 1, device=img.device))
 
+    # "ahead of the positive" is ">= its score" for candidates of lower index and "> its score" for higher ones;
+    # a block of candidates all below (all above) the positive's index compares with the next score below
+    # (the score itself), so each direction is one compare-and-sum pass over the block. Only the few queries
+    # whose positive index falls inside the block need a second look (_add_ties).
+    minus_inf = torch.tensor(float("-inf"), dtype=dtype, device=img.device)
+    pos_below, best_below = torch.nextafter(pos, minus_inf), torch.nextafter(best, minus_inf)
     i2t = torch.ones(ni, dtype=torch.long, device=img.device)
     t2i = torch.ones(nt, dtype=torch.long, device=img.device)
     for a in range(0, ni, chunk):
@@ -82,32 +92,33 @@ def retrieval_ranks(image_emb, text_emb, text_image, chunk: int = 256, text_chun
         qi = img[a:b]
         block_pos = by_image[starts[a] : starts[b]]  # captions of images a..b-1
         best_b, first_b = best[a:b, None], first[a:b, None]
-        img_idx = torch.arange(a, b, device=img.device)[:, None]
         for t0 in range(0, nt, text_chunk):
             t1 = min(t0 + text_chunk, nt)
             s = qi @ txt[t0:t1].T  # [ci, ct] scores, the only block in memory
-            mine = block_pos[(block_pos >= t0) & (block_pos < t1)]
+            mine = block_pos[(block_pos >= t0) & (block_pos < t1)]  # captions whose image is in this block
             if len(mine):
                 s[own[mine] - a, mine - t0] = pos[mine]
-            # text -> image: images of this block scoring above each caption's positive, ties of lower index
-            p = pos[None, t0:t1]
-            t2i[t0:t1] += (s > p).sum(0, dtype=torch.int32)  # int32: a bool sum over dim 0 as int64 is ~10x slower
-            _add_ties(t2i[t0:t1], s.T, p.T, img_idx.T, own[t0:t1, None])
-            # image -> text: captions scoring above each image's best, ties of lower index
-            i2t[a:b] += (s > best_b).sum(1, dtype=torch.int32)
-            _add_ties(i2t[a:b], s, best_b, torch.arange(t0, t1, device=img.device)[None, :], first_b)
+            # text -> image: images of this block ahead of each caption's own image
+            own_t = own[t0:t1]
+            t2i[t0:t1] += (s > torch.where(own_t >= b, pos_below[t0:t1], pos[t0:t1])).sum(0, dtype=torch.int32)
+            if len(mine):  # int32 sums: a bool sum over dim 0 as int64 is ~10x slower
+                cols = mine - t0
+                _add_ties(t2i, mine, s[:, cols].T, pos[mine, None], torch.arange(a, b, device=img.device), own[mine, None])
+            # image -> text: captions of this block ahead of each image's best caption
+            thr = torch.where(first_b >= t1, best_below[a:b, None], best_b)
+            i2t[a:b] += (s > thr).sum(1, dtype=torch.int32)
+            rows = torch.nonzero((first_b[:, 0] >= t0) & (first_b[:, 0] < t1), as_tuple=True)[0]
+            if len(rows):
+                _add_ties(i2t, rows + a, s[rows], best_b[rows], torch.arange(t0, t1, device=img.device), first_b[rows])
     i2t[~has_caption] = 0
     return i2t.cpu().numpy(), t2i.cpu().numpy()
 
 
-def _add_ties(out: torch.Tensor, s: torch.Tensor, threshold: torch.Tensor, cand: torch.Tensor, positive: torch.Tensor):
-    """``out[q] += #{j: s[q, j] == threshold[q] and cand[j] < positive[q]}``, only where a row has a tie (rare
-    in fp32): the positive itself, when in the block, is never counted (its index is not below its own)."""
-    eq = s == threshold
-    own = (cand.reshape(1, -1) == positive).sum(1, dtype=torch.int32)
-    rows = torch.nonzero(eq.sum(1, dtype=torch.int32) > own, as_tuple=True)[0]
-    if len(rows):
-        out[rows] += (eq[rows] & (cand.reshape(1, -1) < positive[rows])).sum(1)
+def _add_ties(out: torch.Tensor, queries: torch.Tensor, s: torch.Tensor, threshold: torch.Tensor, cand: torch.Tensor,
+              positive: torch.Tensor) -> None:
+    """``out[queries[q]] += #{j: s[q, j] == threshold[q] and cand[j] < positive[q]}``: the ties ahead of a
+    positive whose index lies inside the block (the positive itself is not below its own index)."""
+    out[queries] += ((s == threshold) & (cand[None, :] < positive)).sum(1)
 
 
 def retrieval_metrics(image_emb, text_emb, text_image, ks: Sequence[int] = RECALL_KS, chunk: int = 256,
