@@ -163,8 +163,7 @@ def _fill(cls: type, values: dict, prefix: str) -> Any:
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown key '{full}' (known keys{' in ' + prefix if prefix else ''}: {known})")
+            raise unknown_key(full, fields, prefix)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _fill(tp, value, full)
@@ -175,6 +174,17 @@ def _fill(cls: type, values: dict, prefix: str) -> Any:
     except (ValueError, TypeError) as e:  # __post_init__ validation
         msg = str(e)
         raise ConfigError(msg if msg.startswith(prefix) or not prefix else f"{prefix}: {msg}") from None
+
+
+def unknown_key(full: str, known, prefix: str) -> ConfigError:
+    """The error for key ``full`` missing from ``known`` (one section's keys): the closest key first, then the list."""
+    import difflib
+
+    key = full.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+    return ConfigError(f"unknown key '{full}'{hint} (known keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(known))}; "
+                       "engine/train.py --print-config lists every key)")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -248,7 +258,7 @@ def _check_keys(cls: type, values: Any, prefix: str) -> None:
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"unknown key '{full}' (known keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(names))})")
+            raise unknown_key(full, names, prefix)
         if dataclasses.is_dataclass(hints[key]):
             _check_keys(hints[key], value, full)
 

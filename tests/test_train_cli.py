@@ -26,6 +26,47 @@ def test_config_typo_exits_naming_the_key(tmp_path, capsys):
     assert "optim.lrr" in err and "config error" in err
 
 
+def test_typos_get_a_suggestion_in_overrides_and_in_yaml(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", str(ROOT / "configs/demo.yaml"), "--optim.lrr=0.1"])
+    assert "did you mean 'optim.lr'?" in capsys.readouterr().err
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text(f"inherit: {ROOT / 'configs/demo.yaml'}\nmodel: {{backbon: resnet18}}\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(recipe)])
+    err = capsys.readouterr().err
+    assert "unknown key 'model.backbon'; did you mean 'model.backbone'?" in err and str(recipe) in err
+    with pytest.raises(SystemExit):
+        main(["--config", str(ROOT / "configs/demo.yaml"), "--modle.fusion=gated"])
+    assert "did you mean 'model'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nothing close: no guess, the list
+        main(["--config", str(ROOT / "configs/demo.yaml"), "--train.zzzz=1"])
+    err = capsys.readouterr().err
+    assert "did you mean" not in err and "known keys in train:" in err
+
+
+def test_print_config_lists_every_key_with_value_default_and_comment(capsys):
+    import dataclasses
+
+    import yaml
+
+    from engine.config import Config
+
+    assert main(["--config", str(ROOT / "configs/demo.yaml"), "--print-config", "--train.epochs=7"]) == {}
+    out = capsys.readouterr().out
+    assert "  epochs: 7  # total epochs (frozen + finetune) [default: 1]" in out  # override, comment, default
+    assert "  backbone: resnet18  # registry alias, timm name" in out  # a comment on the lines above the field
+    assert "  image_size: 64  # training resolution (crops are taken at this size) [default: 224]" in out
+    assert "  seed: 0  # seeds Python" in out and "seed: 0  # seeds Python, numpy, torch, the data order and augmentation [" not in out
+    tree = yaml.safe_load(out)  # the listing is YAML: it can start a recipe
+    for section in dataclasses.fields(Config):
+        assert set(tree[section.name]) == {f.name for f in dataclasses.fields(section.type if isinstance(section.type, type)
+                                                                              else type(getattr(Config(), section.name)))}
+    assert tree["train"]["epochs"] == 7 and tree["data"]["image_size"] == 64
+    main(["--print-config"])  # no recipe: the defaults
+    assert "  image_size: 224  # training resolution" in capsys.readouterr().out
+
+
 def test_wrong_type_exits_naming_the_key(capsys):
     with pytest.raises(SystemExit):
         main(["--config", str(ROOT / "configs/demo.yaml"), "--train.epochs=abc"])
