@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test clean
+.PHONY: install demo demo-data test clean
 
 install: $(STAMP)
 
@@ -34,8 +34,19 @@ $(STAMP): setup.py
 # the previous runs/demo aside as runs/demo.prev-<time> rather than refusing to start over it.
 FREE_PORT = $(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 
-demo: $(STAMP)
-	$(PY) tools/make_demo_data.py $(DEMO_DATA)
+# The photos are made once: DEMO_DATA/.made_with stamps the arguments and the generator's hash, and a later
+# `make demo` with both unchanged skips the ~720 JPEGs (delete the stamp, or `make clean`, to make them again).
+DEMO_DATA_ARGS ?=
+demo-data: $(STAMP)
+	@want="$(DEMO_DATA_ARGS) $$(sha256sum tools/make_demo_data.py | cut -c1-16)"; \
+	if [ -f $(DEMO_DATA)/manifest.csv ] && [ "$$(cat $(DEMO_DATA)/.made_with 2>/dev/null)" = "$$want" ]; then \
+		echo "$(DEMO_DATA) is up to date (same arguments, same generator): not made again"; \
+	else \
+		rm -f $(DEMO_DATA)/.made_with && $(PY) tools/make_demo_data.py $(DEMO_DATA) $(DEMO_DATA_ARGS) && \
+		echo "$$want" > $(DEMO_DATA)/.made_with; \
+	fi
+
+demo: demo-data
 	$(PY) tools/build_cache.py --config configs/demo.yaml
 	$(VENV)/bin/deepspeed --num_gpus 1 --master_port $${MASTER_PORT:-$$($(FREE_PORT))} engine/train.py \
 		--config configs/demo.yaml --run.existing=keep_aside

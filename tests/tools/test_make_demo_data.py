@@ -30,3 +30,24 @@ def test_same_seed_same_data(tmp_path):
     b = make_demo_data(tmp_path / "b", 4, 2, 2, seed=1, workers=1)
     assert a.read_text() == b.read_text()
     assert (a.parent / "images/train/00000.jpg").read_bytes() == (b.parent / "images/train/00000.jpg").read_bytes()
+
+
+def test_make_demo_data_is_made_once_per_arguments(tmp_path):
+    """`make demo` regenerates the photos only when its arguments or the generator changed (a stamp beside them)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "demo"
+
+    def make(args: str) -> str:  # -o: never (re)install the venv from here
+        return subprocess.run(["make", "-s", "-o", ".venv/.installed", "demo-data", f"DEMO_DATA={out}",
+                               f"DEMO_DATA_ARGS={args}"], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    make("--train 4 --val 2 --test 2")
+    first = (out / "manifest.csv").stat().st_mtime_ns
+    assert "up to date" in make("--train 4 --val 2 --test 2")
+    assert (out / "manifest.csv").stat().st_mtime_ns == first
+    assert "up to date" not in make("--train 4 --val 2 --test 2 --seed 1")  # other arguments: made again
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert len(rows) == 8 and (out / "manifest.csv").stat().st_mtime_ns != first
