@@ -27,9 +27,9 @@ class DataConfig:
     # cap on the other class per split: other samples / all samples <= other_ratio after sampling (null = keep all)
     other_ratio: Optional[float] = None
     # k-fold splits of the train split (tools/oof.py): its rows dealt into `folds` stratified folds seeded by
-    # run.seed; fold `fold` is the val split, the other folds train; the manifest's val rows are left out (0 = off)
-    folds: int = 0
-    fold: int = 0
+    # run.seed; fold `fold` is the val split, the other folds train; the manifest's val rows are left out
+    folds: int = 0  # number of folds of the train split (0 = no folds: the manifest's splits)
+    fold: int = 0  # the fold held out as the val split, 0 .. folds - 1
 
     def __post_init__(self):
         if self.folds == 1 or self.folds < 0:
