@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.config import load_config
     from engine.data.cache import CacheError, build_cache, cache_dir, cache_key, verify_cache
     from engine.data.cache.inventory import record_origin
-    from engine.data.cache.selection import ServedSummary
+    from engine.data.cache.selection import ServedSummary, find_cover
     from engine.data.cache.shards import parse_shard, workers_per_builder
     from engine.data.cache.writer import seal_cache
     from engine.data.dataset import DataContext
@@ -65,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     status, summaries = 0, {}
     for split in splits:
         if args.verify:
-            folder = cache_dir(cfg, cache_key(cfg, ctx, split))
+            key = cache_key(cfg, ctx, split)
+            folder, cover = cache_dir(cfg, key), None
             if not folder.is_dir():
-                raise CacheError(f"no {split} cache at {folder}; build it first")
+                cover = find_cover(cfg, ctx, split, key)  # a subset or fold: verify the cache that serves it
+                if cover is None:
+                    raise CacheError(f"no {split} cache at {folder}; build it first")
+                folder = cover.folder
+                print(f"{split}: served from {folder}, verifying all its records")
             report = verify_cache(folder)
             print(report.line())
             status |= bool(report.bad)

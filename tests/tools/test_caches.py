@@ -36,6 +36,8 @@ def test_list_and_prune_through_the_command(tmp_path, capsys):
     build_cache.main(["--config", str(recipe), "--no-progress"])
     build_cache.main(["--config", str(recipe), "--no-progress", "--data.max_train_samples=5", "--cache.splits=[train]"])
     assert "served from" in capsys.readouterr().out  # a subset is no cache of its own
+    assert build_cache.main(["--config", str(recipe), "--verify", "--data.max_train_samples=5", "--cache.splits=[train]"]) == 0
+    assert "all 24 records match" in capsys.readouterr().out  # --verify checks the cache that serves it
     cache = tmp_path / "cache"
     train, val = (next(cache.glob(f"{s}-*")).name for s in ("train", "val"))
 
