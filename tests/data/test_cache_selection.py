@@ -29,6 +29,9 @@ def test_subset_is_served_from_the_full_cache(dataset, tmp_path):
     summary = build_cache(subset, make_ctx(subset), "train", progress=False)
     assert summary.decoded == 0 and summary.count == 10 and "served from" in summary.line()
     assert _folders(tmp_path / "cache") == before  # nothing built, linked or copied
+    from engine.data.cache.writer import seal_cache
+
+    assert "served from" in seal_cache(subset, make_ctx(subset), "train").line()  # a sharded build's seal: nothing to do
 
     reader = open_cache(subset, make_ctx(subset), "train")
     assert isinstance(reader, SelectionReader) and reader.count == 10

@@ -173,12 +173,9 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
 
     key = fmt.cache_key(cfg, ctx, split)
     final = fmt.cache_dir(cfg, key)
-    if not (final / fmt.METADATA).is_file():
-        from engine.data.cache.selection import build_from_cover
-
-        served = build_from_cover(cfg, ctx, split, key)  # a subset or fold of a cache that holds its rows
-        if served is not None:
-            return served
+    served = _served(cfg, ctx, split, key, final)
+    if served is not None:
+        return served
     t0 = time.perf_counter()
     with build_lock(final):  # a second builder of this cache waits, told who holds it; a shard holds it to set up
         done = _existing(cfg, ctx, split, key, final)
@@ -210,6 +207,15 @@ def build_cache(cfg, ctx, split: str, workers: Optional[int] = None, progress: b
                         time.perf_counter() - t0, decoded, shard=shard, records=records)
 
 
+def _served(cfg, ctx, split: str, key: fmt.CacheKey, final: Path) -> Optional[BuildSummary]:
+    """A subset or fold of a finished cache that holds its rows (``selection.py``): its summary, nothing to build."""
+    if (final / fmt.METADATA).is_file():
+        return None
+    from engine.data.cache.selection import build_from_cover
+
+    return build_from_cover(cfg, ctx, split, key)
+
+
 def seal_cache(cfg, ctx, split: str) -> BuildSummary:
     """Finish a sharded build: refuse naming every shard still being built, unfinished or not started; else
     verify every record and seal the folder as a single-process build does (``shards.py``)."""
@@ -217,6 +223,9 @@ def seal_cache(cfg, ctx, split: str) -> BuildSummary:
 
     key = fmt.cache_key(cfg, ctx, split)
     final = fmt.cache_dir(cfg, key)
+    served = _served(cfg, ctx, split, key, final)  # its shards' builds were served too: nothing to seal
+    if served is not None:
+        return served
     t0 = time.perf_counter()
     with build_lock(final):
         done = _existing(cfg, ctx, split, key, final)
