@@ -175,6 +175,7 @@ class _FakeCache:
         self.captions = {}  # a cache without data.group_captions
 
     batch_fields = CacheReader.batch_fields  # the real naming of fields into a Batch (it reads .fields, .captions)
+    gather, pixels = CacheReader.gather, CacheReader.pixels  # the real read of records (it reads .images, .stride)
 
 
 @pytest.mark.parametrize("train", [True, False])
