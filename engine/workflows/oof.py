@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.manifest import stratified_folds  # noqa: F401  (the folds data.folds deals)
+from engine.data.manifest import stratified_folds  # the folds data.folds deals
 from engine.errors import UserError
 
 
