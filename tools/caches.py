@@ -79,9 +79,11 @@ def _line(e, width: int) -> str:
         state = f"STALE: {e.stale}"
     elif e.partial:
         state = "partial (building, or stopped recently)"
+    elif e.checked:
+        state = "ok (checked with this recipe)" if e.origin_from_recipe else "ok"
     else:
-        state = "ok" if e.origin and not e.origin_from_recipe else \
-            "ok (checked with this recipe)" if e.origin else "not checked (no origin.json, another manifest)"
+        state = ("not checked (no origin.json, and not built from this recipe's files)" if not e.origin
+                 else "not checked (its files cannot be named from its origin)")
     records = "-" if e.partial else f"{e.meta.get('good', '?')}/{e.meta.get('count', '?')}"
     shares = f", pixels shared with {', '.join(e.shares_with)}" if e.shares_with else ""
     return (f"{e.folder.name:<{width}}  {records:>13} records  {_size(e.disk_bytes):>10}  {_age(e.age_s):>7} old  "

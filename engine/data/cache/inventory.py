@@ -19,6 +19,7 @@ caches share through hard links (``pixels_from``) is counted once in the total.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -65,6 +66,7 @@ class CacheEntry:
     stale: str = ""  # why it is stale ('' when it is not)
     shares_with: list[str] = field(default_factory=list)  # caches hard-linked to its pixel file
     origin_from_recipe: bool = False  # no record of its own: judged with the named recipe's (same manifest file)
+    checked: bool = False  # its manifest and image files could be checked (``stale`` is the verdict)
 
     def built_from(self) -> str:
         key = self.meta.get("key") or _partial_key(self.folder)
@@ -106,7 +108,10 @@ def inspect_caches(root: Path, older_than_s: float, recipe: Optional[dict] = Non
             entry.meta = _read_json(folder / fmt.METADATA)
             if not entry.origin and recipe and _same_manifest(recipe, entry.meta):
                 entry.origin, entry.origin_from_recipe = recipe, True
-            entry.stale = finished_stale(folder, entry.meta, entry.origin)
+            verdict = finished_stale(folder, entry.meta, entry.origin)
+            entry.checked, entry.stale = verdict is not None, verdict or ""
+            if not entry.checked and entry.origin_from_recipe:  # the recipe names other files: not its origin
+                entry.origin, entry.origin_from_recipe = {}, False
         entries.append(entry)
     for entry in entries:
         entry.shares_with = sorted({n for names in inodes.values() if entry.folder.name in names for n in names}
@@ -127,10 +132,10 @@ def _scan(folder: Path) -> tuple[int, float, list]:
     return disk, newest, pixels
 
 
-def finished_stale(folder: Path, meta: dict, origin: dict) -> str:
-    """Why a finished cache no longer matches what it was built from ('' if it does, or if that is unknown)."""
+def finished_stale(folder: Path, meta: dict, origin: dict) -> Optional[str]:
+    """Why a finished cache no longer matches what it was built from: '' if it does, None if that is unknown."""
     if not origin:
-        return ""
+        return None
     manifest = Path(origin["manifest"])
     if not manifest.is_file():
         return f"its manifest {manifest} is gone"
@@ -146,19 +151,25 @@ def finished_stale(folder: Path, meta: dict, origin: dict) -> str:
             m = load_manifest(cfg, check_files=False, required_splits=(), seed=origin["seed"])
             paths = [str(m.image_path(int(r), cfg.image_column)) for r in np.load(folder / "rows.npy")]
             if paths_sha(paths) != meta["key"].get("images_sha"):  # another data.root or image column: not judged
-                return ""
+                return None
             return changed_images(meta, paths, folder)
     except (OSError, TypeError, ValueError, KeyError):  # an origin this version cannot read, a damaged cache
-        return ""
+        return None
 
 
 def _same_manifest(origin: dict, meta: dict) -> bool:
     """Whether the origin's manifest file is still the one the cache was built from (its sha256)."""
     try:
-        digest = hashlib.sha256(Path(origin["manifest"]).read_bytes()).hexdigest()
+        st = os.stat(origin["manifest"])
     except OSError:
         return False
-    return digest == meta.get("key", {}).get("manifest_version")
+    return _sha256(origin["manifest"], st.st_size, st.st_mtime_ns) == meta.get("key", {}).get("manifest_version")
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per (path, size, modification time): many caches share one manifest."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def prune(root: Path, entries: list[CacheEntry]) -> int:
