@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.data.conftest import assert_resumes_exactly, make_cfg, make_ctx, write_dataset
-from engine.data.cache import CacheError, build_cache, open_cache, verify_cache
+from engine.data.cache import CacheError, CacheReader, build_cache, open_cache, verify_cache
 from engine.data.cache.decode_jpeg import TOLERANCE, DaliRecords, PillowRecords
 from engine.data.loaders import create_loader
 
@@ -126,3 +126,37 @@ def test_dali_decodes_the_records_as_pillow_does(built):
     DaliRecords(reader.size, "cpu", threads=2).into(encoded, b)
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
     assert diff.max() <= 2 and diff.mean() < 0.05  # both libjpeg-turbo: IDCT/upsampling rounding at most
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None,
+                    reason="DALI not installed")
+def test_dali_cache_backend_decodes_jpeg_records_in_its_pipeline(built):
+    """loader.backend=dali_cache over a jpeg cache: the JPEGs go into the pipeline encoded and are decoded there
+    (nvJPEG on a GPU, DALI's CPU decoder here); batches as from the raw cache, within JPEG loss."""
+    raw_cfg, jpeg_cfg, ctx, _ = built
+    over = ("--loader.backend=dali_cache", "--cache.stored_size=48", "--data.image_size=32")
+    raw = make_cfg(raw_cfg.data.manifest, raw_cfg.cache.dir, *over)
+    jpeg = make_cfg(raw_cfg.data.manifest, raw_cfg.cache.dir, *over, *JPEG)
+    loader = create_loader(jpeg, ctx, "val", False)
+    loader.reader.pixels = lambda records: pytest.fail("jpeg records were decoded outside the DALI pipeline")
+    a, b = list(create_loader(raw, ctx, "val", False)), list(loader)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x.index.tolist() == y.index.tolist() and y.images.shape == x.images.shape
+        assert y.images.dtype == x.images.dtype and y.images.shape[1] == 3  # normalised NCHW, as from raw records
+        assert float((x.images - y.images).abs().mean()) < 0.1  # JPEG loss, in normalised units (~1/50 of a std)
+
+
+def test_a_subset_served_from_a_jpeg_cache_hands_out_its_own_records(built):
+    """A seeded subset is served from the full jpeg cache (selection.py): the encoded records handed to a
+    decoder (DALI's pipeline, nvJPEG) are the subset's, as its decoded pixels are."""
+    raw_cfg, jpeg_cfg, _, _ = built
+    sub = make_cfg(raw_cfg.data.manifest, raw_cfg.cache.dir, "--cache.stored_size=48", *JPEG,
+                   "--data.max_val_samples=5")
+    reader = open_cache(sub, make_ctx(sub), "val")
+    assert reader.count == 5 and reader.storage == "jpeg"
+    records = np.arange(5)
+    np.testing.assert_array_equal(reader.pixels(records), np.stack([reader.record(i) for i in records]))
+    full = CacheReader(reader.folder)  # the cover itself
+    for i, data in zip(records, reader.encoded_records(records)):
+        assert data.tobytes() == full.payload(int(reader.pixel_index[i])).tobytes()

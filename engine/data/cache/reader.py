@@ -78,14 +78,18 @@ class CacheReader:
         return self.encoded[self.offsets[i] : self.offsets[i + 1]]
 
     def encoded_records(self, records: np.ndarray) -> list[np.ndarray]:
-        """The JPEGs of ``records`` (jpeg caches), views into the map."""
+        """The JPEGs of ``records`` (jpeg caches), views into the map (what a GPU decoder is handed)."""
+        return self._stored_jpegs(records)
+
+    def _stored_jpegs(self, records: np.ndarray) -> list[np.ndarray]:
+        # records of this folder's images.jpg: a reader serving other positions (selection.py) maps them first
         return [self.payload(int(i)) for i in records]
 
     def gather(self, records: np.ndarray, out: np.ndarray) -> None:
         """Fill ``out[:len(records)]`` (uint8 [>= B, stride] or [>= B, S*S*3]) with the records' HWC pixels."""
         b = len(records)
         if self.images is None:
-            self.jpeg_decoder.into(self.encoded_records(records), out)
+            self.jpeg_decoder.into(self._stored_jpegs(records), out)
         elif out.shape[1] == self.stride:
             np.take(self.images, records, axis=0, out=out[:b], mode="clip")  # mode!=raise: no buffered copy of out
         else:  # payload smaller than stride: take full records into scratch, keep the payload
@@ -147,8 +151,10 @@ class CacheReader:
 
     def record(self, i: int) -> np.ndarray:
         """Record ``i`` as uint8 [S, S, 3] (raw: a view into the map; jpeg: decoded)."""
-        if self.images is None:
-            return self.pixels(np.array([i]))[0]
+        if self.images is None:  # decoded here, not through gather: a selection maps i before it calls this
+            out = np.empty((1, self.record_bytes), np.uint8)
+            self.jpeg_decoder.into(self._stored_jpegs([i]), out)
+            return out.reshape(self.size, self.size, 3)
         return self.images[i, : self.record_bytes].reshape(self.size, self.size, 3)
 
     def drop_pages(self) -> None:

@@ -120,6 +120,9 @@ class SelectionReader(CacheReader):
     def record(self, i: int) -> np.ndarray:
         return super().record(int(self.pixel_index[i]))
 
+    def encoded_records(self, records: np.ndarray) -> list[np.ndarray]:
+        return super().encoded_records(self.pixel_index[records])  # jpeg covers: what DALI / nvJPEG decode
+
     def check_intact(self, epoch: int = 0, samples: int = 16) -> None:
         """The cover's check, over the cover's records this selection serves."""
         served, self.good = self.good, np.unique(self.pixel_index[self.good])

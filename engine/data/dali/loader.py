@@ -174,10 +174,15 @@ class DaliCacheLoader(_DaliBase):
     def served_positions(self) -> np.ndarray:
         return self.reader.good
 
+    @property
+    def _encoded(self) -> bool:
+        return getattr(self.reader, "storage", "raw") == "jpeg"
+
     def _source(self, batches: list[np.ndarray]):
         r, keep = self.reader, deque(maxlen=2 * self.prefetch + 2)  # no_copy: hold what DALI may still read
         for records in batches:
-            images = r.pixels(records)  # a copy, [B, S, S, 3]: through the reader (jpeg records, a served selection)
+            # jpeg records go in encoded and the pipeline decodes them (cache_pipeline(encoded=True))
+            images = r.encoded_records(records) if self._encoded else r.pixels(records)  # raw: a copy, [B, S, S, 3]
             pos = records.astype(np.int32).reshape(-1, 1)
             keep.append((images, pos))
             yield images, pos
@@ -189,7 +194,7 @@ class DaliCacheLoader(_DaliBase):
         records = r.good[positions]  # record i is split position i
         batches = [records[i : i + bs] for i in range(0, len(records), bs)]
         pipe = cache_pipeline(self._source(batches), self.train, self.aug, self.size, self.settings,
-                              **self._pipe_kwargs())
+                              encoded=self._encoded, **self._pipe_kwargs())
         for k, out in enumerate(_iterator(pipe, self.train, None)):
             got = out[0]["positions"].reshape(-1).numpy().astype(np.int64)
             self._check_order(got, batches[k], k)

@@ -118,17 +118,21 @@ def file_pipeline(files: list[str], positions: list[int], shard_id: int, num_sha
 
 
 def cache_pipeline(source, train: bool, aug: AugmentConfig, size: int, settings: DecodeSettings,
-                   no_copy: bool = True, **pipe_kw):
+                   no_copy: bool = True, encoded: bool = False, **pipe_kw):
     """Decode-cache batches -> (images, positions). ``source`` yields (uint8 [B, S, S, 3], int32 [B, 1])
     and raises StopIteration at the end of the epoch; with ``no_copy`` the caller keeps each batch alive
-    for longer than the prefetch queue holds it."""
+    for longer than the prefetch queue holds it. ``encoded`` (cache.storage=jpeg): the images are B JPEGs
+    (uint8 1-D each), decoded here on the decode device (nvJPEG on a GPU)."""
     pipeline_def, fn, types = import_dali()
 
     @pipeline_def
     def _pipe():
-        images, pos = fn.external_source(source=source, num_outputs=2, batch=True, layout=["HWC", ""],
+        images, pos = fn.external_source(source=source, num_outputs=2, batch=True,
+                                         layout=["" if encoded else "HWC", ""],
                                          dtype=[types.UINT8, types.INT32], no_copy=no_copy)
-        if settings.device == "mixed":
+        if encoded:
+            images = fn.decoders.image(images, device=settings.device, output_type=types.RGB)
+        elif settings.device == "mixed":
             images = images.gpu()
         if train:
             images = fn.random_resized_crop(images, device=settings.op_device, size=[size, size],
