@@ -79,11 +79,15 @@ def test_node_local_run_folders_resume_exactly(one_node, tiny_overrides, tmp_pat
     assert not (node1 / "metrics.jsonl").exists()  # the results are written once, on global rank 0's node
 
 
-def test_a_run_folder_the_nodes_do_not_share_is_refused(tiny_overrides, tmp_path):
-    """run.shared_fs=true (the default) but each node writes a folder of its own: node 1 would have nothing to
-    resume from; the start says so on both nodes instead."""
-    args = [["--config", "configs/demo.yaml", *tiny_overrides, f"--run.output_dir={tmp_path / f'disk{i}'}", *ARGS]
-            for i in (0, 1)]
-    outs = launch_two_nodes(args, tmp_path, ok=False)
-    for out in outs:
-        assert "the run folder is not shared between the nodes; set run.shared_fs=false" in out
+@pytest.mark.parametrize("shared_fs, folders, message", [
+    ("true", ("disk0", "disk1"), "the run folder is not shared between the nodes; set run.shared_fs=false"),
+    ("false", ("shared", "shared"), "is one folder shared by several nodes (rank 0 sees the files of ranks [0, 1], "
+                                    "each its node's writer): set run.shared_fs=true"),
+], ids=["node-local-folders-said-shared", "shared-folder-said-node-local"])
+def test_a_wrong_run_shared_fs_is_refused_on_every_node(tiny_overrides, tmp_path, shared_fs, folders, message):
+    """Said shared, each node writes a folder of its own: node 1 would have nothing to resume from. Said node-local,
+    the folder is shared: both nodes' writers would rename the same checkpoint. The start stops on both nodes."""
+    args = [["--config", "configs/demo.yaml", *tiny_overrides, f"--run.output_dir={tmp_path / f}",
+             f"--run.shared_fs={shared_fs}", *ARGS] for f in folders]
+    for out in launch_two_nodes(args, tmp_path, ok=False):
+        assert message in out
