@@ -160,3 +160,20 @@ def test_a_subset_served_from_a_jpeg_cache_hands_out_its_own_records(built):
     full = CacheReader(reader.folder)  # the cover itself
     for i, data in zip(records, reader.encoded_records(records)):
         assert data.tobytes() == full.payload(int(reader.pixel_index[i])).tobytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cache_loader_decodes_jpeg_records_with_nvjpeg_into_device_memory(built):
+    """On a card the cache loader hands the JPEGs to DALI's nvJPEG (decode_jpeg.DaliRecords, mixed) and yields
+    device batches: same order and fields as the raw cache's, pixels within JPEG loss of the raw records."""
+    raw_cfg, jpeg_cfg, ctx, _ = built
+    a = list(create_loader(raw_cfg, ctx, "train", True, 0, 2))
+    loader = create_loader(jpeg_cfg, ctx, "train", True, 0, 2)
+    assert isinstance(loader.reader.jpeg_decoder, DaliRecords) and loader.reader.jpeg_decoder.device == "mixed"
+    b = list(loader)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert y.images.is_cuda and y.images.dtype == x.images.dtype and y.images.shape == x.images.shape
+        assert x.index.tolist() == y.index.tolist() and x.labels.tolist() == y.labels.tolist()
+        _close(y.images.cpu().numpy(), x.images.cpu().numpy())
