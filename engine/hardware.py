@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from engine import optional
 from engine.errors import ConfigError, UserError
 
 FORCE_ENV = "ENGINE_FORCE_CAPABILITY"
@@ -252,15 +253,6 @@ def choose_cache_decoder(info: DeviceInfo, requested: str = "auto") -> dict:
     """
     if requested not in CACHE_DECODERS:
         raise ValueError(f"cache.decoder={requested!r}: choose one of {CACHE_DECODERS}")
-    if requested == "pil" or (requested == "auto" and (info.kind == "cpu" or not _dali_installed())):
+    if requested == "pil" or (requested == "auto" and (info.kind == "cpu" or not optional.has_dali())):
         return {"decoder": "pil"}
     return {"decoder": "dali", **dali_decoder_defaults(info)}
-
-
-def _dali_installed() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except ModuleNotFoundError:  # no nvidia namespace at all
-        return False

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from engine import hardware
+from engine import hardware, optional
 from kernels.augment.params import AugmentParams, eval_params, sample_params
 from kernels.augment.reference import apply_reference
 from kernels.config import AugmentConfig
@@ -27,11 +27,9 @@ __all__ = ["AugmentConfig", "AugmentParams", "Augmenter", "MixDecision", "apply_
 
 def apply_triton(images: torch.Tensor, params: AugmentParams, out_size: int, mean, std, **kw) -> torch.Tensor:
     """Fused Triton implementation, same contract as ``apply_reference``; imports triton on first use."""
-    try:
-        from kernels.augment.triton_kernels import apply_triton as _apply
-    except ImportError as e:
-        raise ImportError(f"augment.impl=triton needs the 'triton' package ({e}); pip install triton, "
-                          "or set augment.impl=reference") from e
+    optional.require("triton", "augment.impl=triton", otherwise="set augment.impl=reference")
+    from kernels.augment.triton_kernels import apply_triton as _apply
+
     return _apply(images, params, out_size, mean, std, **kw)
 
 

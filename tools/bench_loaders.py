@@ -42,17 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from engine.errors import exit_on_user_error  # noqa: E402
+from engine.optional import has_dali  # noqa: E402
 
-LOADERS: dict[str, Callable] = {}
+from engine.registry import Registry  # noqa: E402
+
+LOADERS = Registry("--only")  # name -> function(cfg, ctx, args) -> images/s or None (n/a here)
+loader_bench = LOADERS.register
 EXTRA: dict = {}  # non-throughput figures (RSS, build speed) for the JSON
-
-
-def loader_bench(name: str):
-    def deco(fn):
-        LOADERS[name] = fn
-        return fn
-
-    return deco
 
 
 def _rss() -> dict[str, int]:
@@ -123,7 +119,7 @@ def bench_cache_jpeg(cfg, ctx, args) -> float:
     r = readers["jpeg"]
     encoded, out = r.encoded_records(r.good), np.empty((len(r.good), r.record_bytes), np.uint8)
     decode = {"pil_1_thread": PillowRecords(r.size)}
-    if _dali_installed():
+    if has_dali():
         decode[f"dali_cpu_{cfg.loader.num_workers}_threads"] = DaliRecords(r.size, "cpu", cfg.loader.num_workers)
     rates = {}
     for name, dec in decode.items():
@@ -224,19 +220,11 @@ def bench_cache_augment(cfg, ctx, args) -> float:
     return _time_batches(loader, args.batches, warmup=1, work=lambda b: aug.train(b.images, b.aug_key, loader.epoch))
 
 
-def _dali_installed() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @loader_bench("dali_cpu")
 def bench_dali_cpu(cfg, ctx, args) -> float | None:
     from engine.data.loaders import create_loader
 
-    if not _dali_installed():
+    if not has_dali():
         return None
     cfg.loader.backend = "dali"
     n = min(4 * args.pil_batches, len(ctx.split("train")) // cfg.loader.batch_size - 3)
@@ -248,7 +236,7 @@ def bench_dali_cache_cpu(cfg, ctx, args) -> float | None:
     from engine.data.cache import build_cache
     from engine.data.loaders import create_loader
 
-    if not _dali_installed():
+    if not has_dali():
         return None
     build_cache(cfg, ctx, "train", progress=False)
     cfg.loader.backend = "dali_cache"
@@ -454,7 +442,6 @@ def main(argv=None) -> int:
     p.add_argument("--ooc-warmup", type=float, default=3.0, help="untimed seconds at the start of each pass")
     p.add_argument("--keep-ooc-cache", action="store_true", help="keep the large synthetic cache for another run")
     args, overrides = p.parse_known_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from engine.config import load_config

@@ -1,33 +1,28 @@
-"""``create_loader``: the one entry point from a config to a batch iterator, by backend name."""
-from __future__ import annotations
+"""``create_loader``: the one entry point from a config to a batch iterator, by backend name.
 
-from typing import Callable
+``LOADER_BACKENDS`` is the registry of ``loader.backend`` names, each a factory
+``(cfg, ctx, split, train, rank, world, weights) -> ShardedLoader``; add one with
+``@register_backend(name)``. The DALI ones import DALI only when built.
+"""
+from __future__ import annotations
 
 from engine.data.dataset import DataContext
 from engine.data.loader_base import ShardedLoader
 from engine.data.sampling import class_weights
+from engine.registry import Registry
 
-_BACKENDS: dict[str, Callable[..., ShardedLoader]] = {}
-
-
-def register_backend(name: str):
-    def deco(fn):
-        _BACKENDS[name] = fn
-        return fn
-
-    return deco
+LOADER_BACKENDS = Registry("loader.backend")
+register_backend = LOADER_BACKENDS.register
 
 
 def create_loader(cfg, ctx: DataContext, split: str, train: bool, rank: int = 0, world: int = 1) -> ShardedLoader:
     """A loader of ``split`` for this rank; ``cfg`` is the whole run Config."""
-    backend = cfg.loader.backend
-    if backend not in _BACKENDS:
-        raise ValueError(f"loader.backend={backend!r}: known backends are {sorted(_BACKENDS)}")
+    factory = LOADER_BACKENDS[cfg.loader.backend]  # an unknown name: a ValueError listing the known ones
     weights = None
     data = ctx.split(split)
     if train and cfg.loader.balanced_sampling != "none":
         weights = class_weights(data.labels, cfg.loader.balanced_sampling)
-    loader = _BACKENDS[backend](cfg, ctx, split, train, rank, world, weights)
+    loader = factory(cfg, ctx, split, train, rank, world, weights)
     if train and cfg.loader.order == "block":
         loader.block_order(cfg.loader.block_size, cfg.loader.shuffle_window)
     if train and cfg.loader.group_column:

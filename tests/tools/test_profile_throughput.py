@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     from engine.config import load_config
     from engine.data.cache import build_cache
     from engine.data.dataset import DataContext
-    from engine.data.loaders import _BACKENDS
+    from engine.data.loaders import LOADER_BACKENDS
 
     tmp = tmp_path_factory.mktemp("profile")
     manifest = _tool("make_demo_data").make_demo_data(tmp / "data", 16, 8, 8, workers=2)
@@ -43,13 +43,13 @@ def run(tmp_path_factory):
     def broken(*args):
         raise RuntimeError("prerequisite missing")
 
-    _BACKENDS["broken_for_test"] = broken
+    LOADER_BACKENDS["broken_for_test"] = broken
     try:
         rc = _tool("profile_throughput").main(["--config", str(ROOT / "configs" / "demo.yaml"), *overrides, "--steps", "2",
                                                "--repeats", "1", "--warmup", "1", "--torch-threads", "1", "--json", str(tmp / "p.json"),
                                                "--png", str(tmp / "p.png")])
     finally:
-        del _BACKENDS["broken_for_test"]
+        del LOADER_BACKENDS["broken_for_test"]
     assert rc == 0
     return json.loads((tmp / "p.json").read_text()), tmp / "p.png", cfg
 
@@ -126,10 +126,10 @@ def test_advice_rules_follow_the_numbers():
 
 def test_dali_decode_is_measured_when_dali_backends_are_registered(run, monkeypatch):
     pytest.importorskip("nvidia.dali")
-    from engine.data.loaders import _BACKENDS
+    from engine.data.loaders import LOADER_BACKENDS
     from engine.profiling.stages import Session, StageResult, _dali_decode
 
-    monkeypatch.setitem(_BACKENDS, "dali", lambda *a: None)
+    monkeypatch.setitem(LOADER_BACKENDS, "dali", lambda *a: None)
     s = Session(run[2], steps=1, repeats=1, warmup=0)
     paths = s.ctx.split("train").paths[:8]
     got = {r.name: r for r in _dali_decode(s, paths, nbytes=8 * 1000)}

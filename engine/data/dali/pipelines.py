@@ -16,18 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from engine import optional
 from kernels.config import AugmentConfig
 
 READER = "Reader"  # the file reader's name; DALIGenericIterator(reader_name=READER)
-INSTALL_HINT = "pip install nvidia-dali-cuda120 (or nvidia-dali-cuda110 for CUDA 11 drivers)"
 
 
 def import_dali():
-    """(pipeline_def, fn, types), or an ImportError that says what to install."""
-    try:
-        from nvidia.dali import fn, pipeline_def, types
-    except ImportError as e:
-        raise ImportError(f"loader.backend=dali/dali_cache needs NVIDIA DALI: {INSTALL_HINT} ({e})") from None
+    """(pipeline_def, fn, types), or an ImportError (optional.MissingDependency) that says what to install."""
+    optional.require("dali", "loader.backend=dali/dali_cache (or cache.decoder=dali)")
+    from nvidia.dali import fn, pipeline_def, types
+
     return pipeline_def, fn, types
 
 
