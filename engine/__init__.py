@@ -1,7 +1,10 @@
 """Training engine for image + text (+ tabular) fusion classifiers.
 
-Importing the package sets one process-wide default, before torch is imported
-by any entry point (engine/train.py, tools/*): ``THP_MEM_ALLOC_ENABLE=1`` makes
+Importing the package sets the process-wide environment defaults, once, before
+torch or transformers is imported by any entry point (engine/train.py, tools/*
+import ``engine`` first). ``TOKENIZERS_PARALLELISM=false``: the Hugging Face
+tokenizers' thread pool would otherwise warn and disable itself in every forked
+loader worker. ``THP_MEM_ALLOC_ENABLE=1`` makes
 PyTorch's CPU allocator put tensors of 2 MiB and more on transparent huge pages.
 The CPU data path allocates a fresh output batch per step (a 64 x 3 x 224 x 224
 float batch is 38.5 MB); on 4 KiB pages its first touch costs ~9,400 page faults,
@@ -12,3 +15,4 @@ once torch has been imported or where the kernel's THP mode is ``never``.
 import os
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

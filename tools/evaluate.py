@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine.errors import exit_on_user_error  # noqa: E402  (after the path set-up above)
 

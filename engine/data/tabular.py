@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TabularEncoder:
-    """Fitted on the train split only; stored in the cache metadata and in checkpoints.
+    """Fitted on the train split only; stored in the cache metadata and in the run folder (preprocess.json, read by
+    engine.load_run).
 
     Missing, unparsable or non-finite numeric values become the train mean (0
     after normalisation); a column none of whose train values parses is refused

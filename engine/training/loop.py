@@ -17,13 +17,15 @@ from engine.config import Config
 from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
 from engine.errors import ConfigError, UserError
+from engine.inference import write_preprocessing
 from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
+from engine.training.console import epoch_line, final_summary
 from engine.training.distill import Teacher, load_teacher
 from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
                                          restore_buffers)
 from engine.training.metrics import RETRIEVAL_METRICS, classification_metrics
-from engine.training.monitor import Monitor, plot_curves
+from engine.training.monitor import Monitor, plot_curves, write_confusion
 from engine.training.optim import loss_class_weights
 from engine.training.preflight import check_run
 from engine.training.run_dir import RunDir, provenance
@@ -66,6 +68,8 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
                       {"precision": precision, "class_pool": ctx.manifest.class_pool_counts})
     if not resume:  # a resumed run's config.yaml is rewritten once its checkpoint has loaded, not by a failed start
         run.write_config(cfg, prov)
+        if dist.is_main:  # class names, tabular statistics, tokenizer: engine.load_run needs no manifest or cache
+            write_preprocessing(run.path, cfg, ctx)
     train_loader = create_loader(cfg, ctx, "train", True, dist.rank, dist.world)
     val_loader = create_loader(cfg, ctx, "val", False, dist.rank, dist.world)
     steps_per_epoch = _steps_per_epoch(cfg, train_loader)
@@ -116,6 +120,8 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
                       "epoch_time_s": time.perf_counter() - t_epoch}
             run.log_metrics(record, fresh=epoch == 0 and not resume)
             monitor.scalars(record, state.global_step)
+            if dist.is_main:
+                print(epoch_line(record, cfg.train.epochs, cfg.eval.metric, improved), flush=True)
             if improved:  # before 'last': a kill between the two must not leave 'last' naming a 'best' never written
                 save_checkpoint(engine, run.checkpoints, "best", state, train_loader.state_dict(), cfg.to_dict(), dist.rank)
             save_last()
@@ -163,9 +169,11 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
         bar.update(1)
         if boundary:
             state.global_step += 1
+            ips = seen * dist.world / (time.perf_counter() - t0)
+            # every update (tqdm redraws at most ~10 times a second): the mean of this epoch's last 20 batches
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{engine.get_lr()[0]:.2e}", img_s=f"{ips:.0f}",
+                            refresh=False)
             if (i // cfg.train.grad_accum) % cfg.train.log_every == 0:
-                ips = seen * dist.world / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{engine.get_lr()[0]:.2e}", img_s=f"{ips:.0f}")
                 if monitor is not None:
                     monitor.scalars({"train_loss_step": losses[-1], "lr": engine.get_lr()[0], "images_per_s": ips,
                                      **{f"loss_{k}": v.item() for k, v in parts.items()}}, state.global_step)
@@ -241,12 +249,17 @@ def finish(engine, cfg: Config, ctx: DataContext, pipe: DevicePipe, dist: DistIn
         load_weights(engine, run.checkpoints, "best")
         test = evaluate(engine, create_loader(cfg, ctx, "test", False, dist.rank, dist.world), pipe, ctx, cfg, dist, "test")
         run.write_json("test_metrics.json", {"checkpoint": "best", **test})
+        monitor.scalars(test, state.global_step)  # test/top1 ... beside val/ in TensorBoard and W&B
+        if dist.is_main and "test_confusion_matrix" in test:
+            write_confusion(run.path / "test_confusion", test["test_confusion_matrix"], ctx.classes)
     monitor.close()
     if dist.is_main:
-        plot_curves(run.read_metrics(), run.path / "curves.png")
+        plot_curves(run.read_metrics(), run.path / "curves.png", cfg.eval.metric)
     summary = {**_summary(run, state, test), **run_statistics(engine.module, dist.device, run.read_metrics(), cfg, ctx,
                                                               ("val", "test") if test is not None else ("val",))}
     run.write_json("summary.json", summary)
+    if dist.is_main:
+        print(final_summary(summary, cfg.eval.metric, run.path), flush=True)
     return summary
 
 

@@ -57,12 +57,18 @@ def input_batches(cfg, ctx, rows: list[dict], paths: list[str], batch_size: int)
                    categorical=torch.from_numpy(categorical))
 
 
-def write_predictions(path: Path, rows: list[dict], image_column: str, classes: list[str], probs: np.ndarray) -> None:
-    """row, image, pred, prob, then prob_<class> for every class."""
+def write_predictions(path: Path, rows: list[dict], image_column: str, classes: list[str], probs: np.ndarray,
+                      row_ids: Optional[list[int]] = None, labels: Optional[np.ndarray] = None) -> None:
+    """row, id (when the manifest has an ``id`` column), image, label (when known), pred, prob, then prob_<class>
+    for every class. ``row_ids``: manifest rows (default 0..N-1); ``labels``: class indices of an evaluated split."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    has_id = bool(rows) and "id" in rows[0]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["row", "image", "pred", "prob", *(f"prob_{c}" for c in classes)])
+        w.writerow(["row", *(["id"] if has_id else []), "image", *(["label"] if labels is not None else []), "pred",
+                    "prob", *(f"prob_{c}" for c in classes)])
         for i, (r, p) in enumerate(zip(rows, probs)):
             j = int(np.argmax(p))
-            w.writerow([i, r[image_column], classes[j], f"{p[j]:.6f}", *(f"{v:.6f}" for v in p)])
+            w.writerow([row_ids[i] if row_ids is not None else i, *([r["id"]] if has_id else []), r[image_column],
+                        *([classes[labels[i]]] if labels is not None else []), classes[j], f"{p[j]:.6f}",
+                        *(f"{v:.6f}" for v in p)])

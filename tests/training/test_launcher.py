@@ -21,9 +21,10 @@ SCALARS = ("val_loss", "val_top1", "val_top3", "val_auc_macro", "val_f1_macro", 
 @pytest.fixture(scope="module")
 def two_rank_run(tiny_overrides, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("launcher")
-    deepspeed_cmd(2, "engine/train.py", "--config", "configs/demo.yaml", *tiny_overrides, f"--run.output_dir={out}",
-                  "--run.name=two_ranks", "--train.epochs=4", "--optim.lr=0.003", "--eval.test=true", "--loader.batch_size=4",
-                  "--train.max_steps_per_epoch=4")
+    p = deepspeed_cmd(2, "engine/train.py", "--config", "configs/demo.yaml", *tiny_overrides, f"--run.output_dir={out}",
+                      "--run.name=two_ranks", "--train.epochs=4", "--optim.lr=0.003", "--eval.test=true",
+                      "--loader.batch_size=4", "--train.max_steps_per_epoch=4")
+    (out / "console.txt").write_text(p.stdout)  # what the user saw (the launcher forwards both ranks' stdout)
     return out / "two_ranks"
 
 
@@ -52,6 +53,39 @@ def test_run_folder_contents(two_rank_run):
     assert sum(p.stat().st_size for p in last.iterdir()) > 2.5 * (best / "model.safetensors").stat().st_size
 
 
+def test_console_shows_each_epoch_and_a_summary(two_rank_run):
+    import re
+
+    text = (two_rank_run.parent / "console.txt").read_text()
+    recs = read_records(two_rank_run)
+    lines = [line for line in text.splitlines() if re.search(r"epoch \d/4 \[finetune\]  train_loss", line)]
+    assert len(lines) == 4  # one per epoch, from rank 0 only
+    for line, rec in zip(lines, recs):
+        assert f"epoch {rec['epoch']}/4" in line and f"train_loss {rec['train_loss']:.4f}" in line
+        assert f"val_top1 {rec['val_top1']:.4f}" in line and f"val_loss {rec['val_loss']:.4f}" in line
+        assert line.rstrip().endswith("img/s")
+    summary = json.loads((two_rank_run / "summary.json").read_text())
+    best, metric = summary["state"]["best_epoch"], yaml.safe_load((two_rank_run / "config.yaml").read_text())["eval"]["metric"]
+    assert f"* new best {metric}" in lines[0] and f"* new best {metric}" in lines[best - 1]
+    assert text.count("done: 4 epochs") == 1 and f"best epoch {best} ({metric} {summary['state']['best_metric']:.4f})" in text
+    assert f"test_top1 {summary['test']['test_top1']:.4f}" in text and f"run folder: {two_rank_run}" in text
+
+
+def test_outputs_people_read(two_rank_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(two_rank_run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/images_per_s", "val/top1", "val/loss", "test/top1", "test/loss"} <= tags
+    assert all(t.split("/")[0] in ("train", "val", "test") for t in tags), tags  # one scheme, no bare 'lr'
+    classes = yaml.safe_load((two_rank_run / "config.yaml").read_text())["provenance"]["classes"]
+    confusion = list(csv.reader((two_rank_run / "test_confusion.csv").read_text().splitlines()))
+    assert confusion[0][1:] == classes and [r[0] for r in confusion[1:]] == classes
+    assert sum(int(v) for r in confusion[1:] for v in r[1:]) == 16
+    assert (two_rank_run / "test_confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_two_ranks_learn(two_rank_run):
     recs = read_records(two_rank_run)
     assert recs[-1]["train_loss"] < recs[0]["train_loss"] or max(r["val_top1"] for r in recs) > 0.25
@@ -75,10 +109,15 @@ def test_evaluate_tool_matches_training_on_1_2_3_ranks(two_rank_run):
         assert metrics["val_confusion_matrix"] == results[1]["val_confusion_matrix"]
         assert metrics["val_per_class"] == results[1]["val_per_class"]
     rows = [list(csv.reader(p.splitlines())) for p in predictions.values()]
+    classes = results[1]["val_per_class"].keys()
     for r in rows:
-        assert [x[:3] for x in r] == [x[:3] for x in rows[0]]  # row id, true label, top-1 prediction
-        assert len(r) == 17 and r[0][:2] == ["row", "label"]
-        assert np.allclose([float(x[3]) for x in r[1:]], [float(x[3]) for x in rows[0][1:]], atol=1e-5)
+        assert [x[:4] for x in r] == [x[:4] for x in rows[0]]  # manifest row, image path, true label, prediction
+        assert len(r) == 17 and r[0] == ["row", "image", "label", "pred", "prob", *(f"prob_{c}" for c in classes)]
+        assert all(x[1].startswith("images/val/") for x in r[1:])
+        assert np.allclose([[float(v) for v in x[4:]] for x in r[1:]], [[float(v) for v in x[4:]] for x in rows[0][1:]],
+                           atol=1e-5)
+        assert np.allclose([sum(float(v) for v in x[5:]) for x in r[1:]], 1.0, atol=1e-4)  # every class's probability
+    assert (two_rank_run / "eval" / "val_best_confusion.csv").exists()
     test = evaluate_run(two_rank_run, "test", "best", ["--loader.num_workers=0"])
     recorded = json.loads((two_rank_run / "test_metrics.json").read_text())
     assert test["test_top1"] == recorded["test_top1"] and test["test_loss"] == pytest.approx(recorded["test_loss"], rel=1e-5)
