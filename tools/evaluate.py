@@ -1,4 +1,5 @@
-"""Evaluate a run's checkpoint on a split; writes RUN_DIR/eval/<split>_<checkpoint>[_masked-<m>]_{metrics.json,per_class.csv,predictions.csv,probs.npz}.
+"""Evaluate a run's checkpoint on a split; writes RUN_DIR/eval/<split>_<checkpoint>[_masked-<m>]_{metrics.json,per_class.csv,confusion.csv,confusion.png,
+predictions.csv,probs.npz}.
 
     python tools/evaluate.py --run runs/demo [--split test] [--checkpoint best|last] [--section.key=value ...]
     deepspeed --num_gpus 2 tools/evaluate.py --run runs/demo     # same metrics on any number of ranks
@@ -99,14 +100,18 @@ def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overri
     if dist.is_main:
         from engine.workflows.reliance import eval_stem  # masked evaluations get their own files
 
-        _write(run / "eval", eval_stem(split, checkpoint, cfg.model.mask_modalities), metrics, rows, labels, probs,
-               ctx.classes, cfg.eval.topk, split)
+        _write(run / "eval", eval_stem(split, checkpoint, cfg.model.mask_modalities), metrics, rows, labels, probs, ctx,
+               split)
     return metrics
 
 
-def _write(out: Path, stem: str, metrics: dict, rows, labels, probs, classes: list[str], topk: int, split: str) -> None:
+def _write(out: Path, stem: str, metrics: dict, rows, labels, probs, ctx, split: str) -> None:
     import numpy as np
 
+    from engine.training.monitor import write_confusion
+    from engine.workflows.predict import write_predictions
+
+    classes = ctx.classes
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2))
     # every class's probability, for ensembles, out-of-fold tables and distillation targets (engine/workflows/)
@@ -117,13 +122,9 @@ def _write(out: Path, stem: str, metrics: dict, rows, labels, probs, classes: li
         w.writerow(["class", "precision", "recall", "f1", "support"])
         for c, m in metrics[f"{split}_per_class"].items():
             w.writerow([c, m["precision"], m["recall"], m["f1"], m["support"]])
-    k = min(topk, len(classes))
-    top = np.argsort(-probs, axis=1)[:, :k]
-    with open(out / f"{stem}_predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row", "label"] + [col for j in range(k) for col in (f"pred{j + 1}", f"prob{j + 1}")])
-        for r, y, t, p in zip(rows, labels, top, probs):
-            w.writerow([int(r), classes[y]] + [v for j in t for v in (classes[j], f"{p[j]:.6f}")])
+    write_confusion(out / f"{stem}_confusion", metrics[f"{split}_confusion_matrix"], classes)
+    write_predictions(out / f"{stem}_predictions.csv", [ctx.manifest.rows[int(r)] for r in rows], ctx.cfg.image_column,
+                      classes, probs, row_ids=[int(r) for r in rows], labels=labels)
 
 
 @exit_on_user_error  # a missing run/checkpoint, config, data: one line naming it, exit 2

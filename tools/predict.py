@@ -30,43 +30,24 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--batch-size", type=int, default=32)
     args, overrides = ap.parse_known_args(argv)
 
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
+    from engine.workflows.predict import read_new_samples, write_predictions
 
-    from engine.workflows.predict import input_batches, read_new_samples, write_predictions
-
-    cfg, ctx, module, device = load_run_model(args.run, args.checkpoint, overrides)
-    rows, paths = read_new_samples(cfg, args.manifest, args.root, ctx.tokenizer is not None)
-    probs = []
-    with torch.no_grad():
-        for inputs in input_batches(cfg, ctx, rows, paths, args.batch_size):
-            logits = module(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
-            probs.append(F.softmax(logits, dim=1).cpu().numpy())
-    probs = np.concatenate(probs) if probs else np.zeros((0, len(ctx.classes)), np.float32)
+    cfg, run, module, device = load_run_model(args.run, args.checkpoint, overrides)
+    rows, _ = read_new_samples(cfg, args.manifest, args.root, run.tokenizer is not None)
+    probs = run.predict(rows, args.root or args.manifest.parent, args.batch_size)
     out = args.out or args.run / "predict" / f"{args.manifest.stem}.csv"
-    write_predictions(out, rows, cfg.data.image_column, ctx.classes, probs)
+    write_predictions(out, rows, cfg.data.image_column, run.classes, probs)
     print(f"wrote {out}: {len(rows)} predictions")
     return probs
 
 
 def load_run_model(run: Path, checkpoint: str, overrides: list[str]):
-    """(config, data context, the model in eval mode with the checkpoint's weights, its device), fp32."""
-    from engine.data.dataset import DataContext
-    from engine.models import create_model
-    from engine.training.checkpoint import load_weights, peek_state
-    from engine.training.distributed import init_distributed
-    from engine.training.wrap import wrap_model
-    from evaluate import load_run_config, without_batch_arithmetic
+    """(config, the loaded run -- classes, tokenizer, tabular statistics --, its model in eval mode, its device), fp32:
+    ``engine.load_run``, which reads the run folder only (no manifest, no DeepSpeed)."""
+    from engine import load_run
 
-    cfg = without_batch_arithmetic(load_run_config(run, [*overrides, "--train.precision=fp32"]))
-    peek_state(run / "checkpoints", checkpoint)
-    ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length, required_splits=("train",))
-    dist = init_distributed()
-    model = create_model(cfg.model, len(ctx.classes), len(cfg.data.numeric_columns), ctx.tabular.cardinalities)
-    engine, _, _ = wrap_model(model, cfg, dist.device, "fp32", dist.world, 1, cfg.optim.lr)
-    load_weights(engine, run / "checkpoints", checkpoint)
-    return cfg, ctx, engine.module.eval(), dist.device
+    loaded = load_run(run, checkpoint, overrides)
+    return loaded.cfg, loaded, loaded.model, next(loaded.model.parameters()).device
 
 
 if __name__ == "__main__":

@@ -29,3 +29,17 @@ def test_predict_matches_pil_evaluation(tiny_run, tiny_demo_dataset, tmp_path):
     z = np.load(run / "eval" / "test_best_probs.npz")
     want = z["probs"][np.argsort(z["rows"])]  # test rows in manifest order, as in new.csv
     np.testing.assert_allclose(got, want, atol=2e-6)
+
+    # The documented call: the run folder alone (its manifest gone) gives the same model and preprocessing
+    import yaml
+
+    import engine
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["manifest"] = str(tmp_path / "moved_away.csv")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = engine.load_run(run)
+    assert loaded.classes == list(z["classes"]) and not loaded.model.training
+    rows = [{k: r[k] for k in ("image", "text", "age", "site")} for r in test_rows]
+    np.testing.assert_allclose(loaded.predict(rows, root=tiny_demo_dataset.parent, batch_size=7), want, atol=2e-6)
+    assert loaded.inputs(rows[:2], root=tiny_demo_dataset.parent)["images"].shape == (2, 3, 32, 32)
