@@ -12,9 +12,7 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the repository importable without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from engine.errors import exit_on_user_error  # noqa: E402  (after the path set-up above)
+from engine.errors import exit_on_user_error  # noqa: E402  (after the path set-up; engine/__init__.py sets env defaults)
 
 
 @exit_on_user_error  # a mistake in the config, data or files: one line naming it, exit 2

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -44,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seal", action="store_true", help="finish a sharded build: verify every record, seal the caches")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the DeepSpeed launcher's
     args, overrides = p.parse_known_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from engine.config import load_config
     from engine.data.cache import CacheError, build_cache, cache_dir, cache_key, verify_cache

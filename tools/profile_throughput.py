@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the profile here (schema: engine/profiling/__init__.py)")
     p.add_argument("--png", help="write a bar chart of images/s per stage here")
     args, overrides = p.parse_known_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from engine.config import load_config

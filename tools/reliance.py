@@ -15,7 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine.errors import exit_on_user_error  # noqa: E402
 

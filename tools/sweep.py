@@ -14,12 +14,10 @@ See docs/workflows.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine.errors import exit_on_user_error  # noqa: E402
 
