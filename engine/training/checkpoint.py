@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError
+from engine.optional import require
 from engine.training.distributed import barrier, folder_writer, restore_buffers
 
 CONFIG_FILE = "config.json"  # the config the checkpoint was trained with (``--resume`` compares it)
@@ -201,6 +202,7 @@ def _save_full(engine, folder: Path, partial: str, state: TrainState, loader_sta
 
 def save_weights_file(module: torch.nn.Module, path: Path) -> None:
     """The module's state dict as safetensors: copies (tied weights would share storage, which safetensors refuses)."""
+    require("safetensors", "train.checkpoint_best/checkpoint_last=weights", "train.checkpoint_best=full")
     from safetensors.torch import save_file
 
     save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}, str(path),
@@ -375,6 +377,7 @@ def load_weights(engine, folder: Path, tag: str) -> None:
 
 def load_weights_file(module: torch.nn.Module, path: Path) -> None:
     """A weights-only tag into ``module`` (safetensors: no pickle, nothing in the file can run)."""
+    require("safetensors", f"reading the weights-only checkpoint {path}")
     from safetensors.torch import load_file
 
     try:
