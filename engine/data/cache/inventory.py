@@ -11,7 +11,7 @@ builds the folder. With it a cache is checked on its own, without the recipe tha
             names if it was built from that recipe's manifest file, else shows its manifest's sha256 only and is
             never judged stale;
   partial   an unfinished build (``<name>.partial``): stale once nothing in it was written for ``older_than_s``
-            and no build holds the lock on ``cache.dir``.
+            and no build holds the lock on ``cache.dir`` nor a shard of it (``shards.running_shards``).
 
 Sizes are disk blocks (a partial build's sparse ``images.u8`` counts what was written); a pixel file that
 caches share through hard links (``pixels_from``) is counted once in the total.
@@ -102,7 +102,10 @@ def inspect_caches(root: Path, older_than_s: float, recipe: Optional[dict] = Non
                 inodes.setdefault(inode, []).append(folder.name)
         entry = CacheEntry(folder, partial, disk, max(0.0, time.time() - newest), origin=_read_json(folder / ORIGIN))
         if partial:
-            if entry.age_s > older_than_s and not building:
+            from engine.data.cache.shards import running_shards
+
+            # a shard decodes under its own claim, not the lock on cache.dir
+            if entry.age_s > older_than_s and not building and not running_shards(folder):
                 entry.stale = f"unfinished build, untouched for {entry.age_s / 3600:.1f} h"
         else:
             entry.meta = _read_json(folder / fmt.METADATA)
