@@ -1,4 +1,19 @@
-"""Fusion models: vision backbones, text encoders, tabular branch, fusion strategies; the dual encoder."""
+"""Fusion models: vision backbones, text encoders, tabular branch, fusion strategies; the dual encoder.
+
+    config.py         ModelConfig: which branches, how they are fused, what is trained
+    backbones.py      BACKBONES and create_backbone: aliases to pinned timm names, any timm name, a CLIP/SigLIP tower
+    text.py           TEXT_ENCODERS, TextEncoder and its tokenizer: any Hugging Face encoder by alias, Hub name or folder
+    tabular.py        the tabular branch: normalised numerics and categorical embeddings into an MLP
+    fusers.py         FUSERS: concat, weighted_sum, gated, cross_attention
+    fusion.py         FusionModel: the branches, fused, then the classifier head (and auxiliary heads)
+    contrastive.py    projections, temperature, InfoNCE / SigLIP losses, the memory queue, hard negatives
+    dual.py           DualEncoderModel (model.task: retrieval): two towers in a joint space
+    _encoders.py      what both models share: freezing, norm statistics, gradient checkpointing, parameter groups
+    _hf_towers.py     loading Hugging Face CLIP / SigLIP towers
+    _torchvision.py   torchvision's ResNet-50 with stage-wise gradient checkpointing
+
+``create_model(cfg, num_classes, ...)`` builds the one the config asks for; no model code imports DeepSpeed.
+"""
 from engine.models.backbones import (BACKBONES, InputSpec, PretrainedWeightsError, backbone_input_spec, check_input_spec,
                                      create_backbone)
 from engine.models.config import ModelConfig
