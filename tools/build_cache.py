@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from engine.config import load_config
     from engine.data.cache import CacheError, build_cache, cache_dir, cache_key, verify_cache
     from engine.data.cache.inventory import record_origin
-    from engine.data.cache.selection import ServedSummary, find_cover
+    from engine.data.cache.selection import find_cover
     from engine.data.cache.shards import parse_shard, workers_per_builder
-    from engine.data.cache.writer import seal_cache
+    from engine.data.cache.writer import ServedSummary, seal_cache
     from engine.data.dataset import DataContext
     from engine.errors import UserError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.data.cache import CacheError, build_cache, open_cache
-from engine.data.cache.selection import SelectionReader
+from engine.data.cache.reader import SelectionReader
 from engine.data.loaders import create_loader
 from tests.data.conftest import make_cfg, make_ctx
 

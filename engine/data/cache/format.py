@@ -44,6 +44,7 @@ file's size and modification time, recorded in ``metadata.json``).
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import mmap
@@ -295,3 +296,50 @@ def library_versions() -> dict:
     import PIL
 
     return {"format": FORMAT_VERSION, "pillow": PIL.__version__, "numpy": np.__version__}
+
+
+# --- shared by the writer and the reader (neither imports the other) -------------------------
+
+
+class CacheBuildError(CacheError):
+    """Bad images in ``data.on_bad_image=error`` mode; the message names files and manifest rows."""
+
+
+def changed_images(meta: dict, paths: list[str], folder: Path) -> str:
+    """'' if the image files are those the cache was built from (``format.images_fingerprint``: one stat per file),
+    else how many changed and which (files modified after the cache was written; a replaced file with an old
+    time only shows in the count). Caches built before the fingerprint was recorded are not checked."""
+    recorded = meta.get("images_fingerprint")
+    if not recorded or images_fingerprint(paths) == recorded:
+        return ""
+    built = (Path(folder) / METADATA).stat().st_mtime_ns
+    newer = [p for p in paths if not os.path.exists(p) or os.stat(p).st_mtime_ns > built]
+    return (f"image files changed since it was built (size or modification time), e.g. {', '.join(newer[:5])}"
+            if newer else "image files changed since it was built (size or modification time)")
+
+
+def read_rejects(folder: Path) -> list[dict]:
+    """``rejects.csv`` of a finished cache: {record, row, path, reason} as strings."""
+    with open(Path(folder) / REJECTS, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def refuse_rejects_in_error_mode(folder: Path, meta: dict, on_bad_image: str, cmd: str, error=CacheError) -> None:
+    """A cache built with data.on_bad_image=skip leaves its bad images out; under 'error' that must stop the run,
+    as a build in 'error' mode would have, naming the files and rows (``meta``: the cache's metadata.json)."""
+    if on_bad_image != "error" or not int(meta.get("rejected", 0)):
+        return
+    rejects = read_rejects(folder)
+    head = "; ".join(f"manifest row {r['row']}: {r['path']}: {r['reason']}" for r in rejects[:5])
+    raise error(f"{folder} leaves out {len(rejects)} undecodable image(s), listed in {Path(folder) / REJECTS} "
+                f"(it was built with data.on_bad_image=skip): {head}. With data.on_bad_image=error they stop the run: "
+                f"set --data.on_bad_image=skip to train without them, or fix the files, delete {folder} and "
+                f"rebuild with: {cmd}")
+
+
+def bad_payloads(payload_of, sums: np.ndarray, desc: str = "verify") -> list[int]:
+    """Indices i whose ``payload_of(i)`` (the stored bytes of record i) does not match ``sums[i]``."""
+    from tqdm import tqdm
+
+    return [i for i in tqdm(range(len(sums)), desc=desc, unit="rec", mininterval=1.0, leave=False, disable=None)  # None: off without a TTY
+            if checksum(payload_of(i)) != int(sums[i])]

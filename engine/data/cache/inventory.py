@@ -146,7 +146,6 @@ def finished_stale(folder: Path, meta: dict, origin: dict) -> Optional[str]:
         return f"{manifest} changed since it was built"
     from engine.data.config import DataConfig
     from engine.data.manifest import load_manifest
-    from engine.data.cache.reader import changed_images
 
     try:
         with contextlib.chdir(origin["cwd"]):  # its image paths as the build named them (data.root may be relative)
@@ -155,7 +154,7 @@ def finished_stale(folder: Path, meta: dict, origin: dict) -> Optional[str]:
             paths = [str(m.image_path(int(r), cfg.image_column)) for r in np.load(folder / "rows.npy")]
             if paths_sha(paths) != meta["key"].get("images_sha"):  # another data.root or image column: not judged
                 return None
-            return changed_images(meta, paths, folder)
+            return fmt.changed_images(meta, paths, folder)
     except (OSError, TypeError, ValueError, KeyError):  # an origin this version cannot read, a damaged cache
         return None
 

@@ -7,7 +7,6 @@ unless its recorded key equals the key computed from the current run.
 """
 from __future__ import annotations
 
-import csv
 import json
 import mmap
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.cache import format as fmt
+from engine.data.cache import selection as sel
 
 MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
@@ -104,7 +104,7 @@ class CacheReader:
         return out.reshape(len(records), self.size, self.size, 3)
 
     def rejects(self) -> list[dict]:
-        return read_rejects(self.folder)
+        return fmt.read_rejects(self.folder)
 
     def batch_fields(self, records: np.ndarray, train: bool = False, seed: int = 0, epoch: int = 0) -> dict[str, np.ndarray]:
         """The non-image ``Batch`` fields of ``records``, named as in ``Batch`` (``rows`` is its ``index``); with
@@ -173,8 +173,6 @@ def open_cache(cfg, ctx, split: str) -> CacheReader:
     folder = fmt.cache_dir(cfg, key)
     cmd = fmt.build_command(cfg, split)
     if not (folder / fmt.METADATA).is_file():
-        from engine.data.cache.selection import open_selection
-
         served = open_selection(cfg, ctx, split, key, cmd)  # a subset or fold of a cache that holds its rows
         if served is not None:
             return served
@@ -191,8 +189,8 @@ def open_cache(cfg, ctx, split: str) -> CacheReader:
     if reader.key != key.to_dict():
         raise fmt.CacheError(f"{folder} was built for other settings ({_diff(reader.key, key.to_dict())}); "
                              f"delete it and rebuild with: {cmd}")
-    refuse_rejects_in_error_mode(folder, reader.meta, cfg.data.on_bad_image, cmd)
-    changed = changed_images(reader.meta, ctx.split(split).paths, folder)
+    fmt.refuse_rejects_in_error_mode(folder, reader.meta, cfg.data.on_bad_image, cmd)
+    changed = fmt.changed_images(reader.meta, ctx.split(split).paths, folder)
     if changed:
         raise fmt.CacheError(f"{folder} holds stale pixels: {changed}. Rebuild it (the build notices and decodes "
                              f"again) with: {cmd}")
@@ -200,17 +198,51 @@ def open_cache(cfg, ctx, split: str) -> CacheReader:
     return reader
 
 
-def changed_images(meta: dict, paths: list[str], folder: Path) -> str:
-    """'' if the image files are those the cache was built from (``format.images_fingerprint``: one stat per file),
-    else how many changed and which (files modified after the cache was written; a replaced file with an old
-    time only shows in the count). Caches built before the fingerprint was recorded are not checked."""
-    recorded = meta.get("images_fingerprint")
-    if not recorded or fmt.images_fingerprint(paths) == recorded:
-        return ""
-    built = (Path(folder) / fmt.METADATA).stat().st_mtime_ns
-    newer = [p for p in paths if not os.path.exists(p) or os.stat(p).st_mtime_ns > built]
-    return (f"image files changed since it was built (size or modification time), e.g. {', '.join(newer[:5])}"
-            if newer else "image files changed since it was built (size or modification time)")
+class SelectionReader(CacheReader):
+    """``split`` served from a cover: its records' pixels (position i shows the cover's record ``pixel_index[i]``)
+    under this run's own fields (``data``, the split's SplitData). ``good``: the positions whose record the
+    cover serves (its rejected records stay out)."""
+
+    def __init__(self, cover: sel.Cover, data):
+        super().__init__(cover.folder)
+        self.served_from = cover.folder
+        self.pixel_index = cover.records
+        self.count = len(data)
+        self.fields = {name: getattr(data, name) for name in fmt.FIELDS}
+        self.captions = {name: getattr(data, name) for name in fmt.CAPTION_FIELDS} if data.caption_ids is not None else {}
+        self.good = np.flatnonzero(np.isin(cover.records, self.good)).astype(np.int64)
+
+    def gather(self, records: np.ndarray, out: np.ndarray) -> None:
+        super().gather(self.pixel_index[records], out)
+
+    def record(self, i: int) -> np.ndarray:
+        return super().record(int(self.pixel_index[i]))
+
+    def encoded_records(self, records: np.ndarray) -> list[np.ndarray]:
+        return super().encoded_records(self.pixel_index[records])  # jpeg covers: what DALI / nvJPEG decode
+
+    def check_intact(self, epoch: int = 0, samples: int = 16) -> None:
+        """The cover's check, over the cover's records this selection serves."""
+        served, self.good = self.good, np.unique(self.pixel_index[self.good])
+        try:
+            super().check_intact(epoch, samples)
+        finally:
+            self.good = served
+
+
+def open_selection(cfg, ctx, split: str, key: fmt.CacheKey, cmd: str) -> Optional[SelectionReader]:
+    """``split`` served from a cover, None if no cache covers it; CacheError if the cover's image files changed or
+    it leaves out undecodable images of the split under data.on_bad_image=error."""
+    cover = sel.find_cover(cfg, ctx, split, key)
+    if cover is None:
+        return None
+    if cover.changed:
+        raise fmt.CacheError(f"the {split} rows are in {cover.folder}, which holds stale pixels: {cover.changed}. "
+                             f"Build the {split} cache (the build decodes again) with: {cmd}")
+    sel.refuse_rejects(cover, cfg, cmd, fmt.CacheError)
+    reader = SelectionReader(cover, ctx.split(split))
+    reader.rebuild_command = cmd
+    return reader
 
 
 def _map_file(path: Path, size: int):
@@ -230,25 +262,6 @@ def _identity(path: Path):
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def read_rejects(folder: Path) -> list[dict]:
-    """``rejects.csv`` of a finished cache: {record, row, path, reason} as strings."""
-    with open(Path(folder) / fmt.REJECTS, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def refuse_rejects_in_error_mode(folder: Path, meta: dict, on_bad_image: str, cmd: str, error=fmt.CacheError) -> None:
-    """A cache built with data.on_bad_image=skip leaves its bad images out; under 'error' that must stop the run,
-    as a build in 'error' mode would have, naming the files and rows (``meta``: the cache's metadata.json)."""
-    if on_bad_image != "error" or not int(meta.get("rejected", 0)):
-        return
-    rejects = read_rejects(folder)
-    head = "; ".join(f"manifest row {r['row']}: {r['path']}: {r['reason']}" for r in rejects[:5])
-    raise error(f"{folder} leaves out {len(rejects)} undecodable image(s), listed in {Path(folder) / fmt.REJECTS} "
-                f"(it was built with data.on_bad_image=skip): {head}. With data.on_bad_image=error they stop the run: "
-                f"set --data.on_bad_image=skip to train without them, or fix the files, delete {folder} and "
-                f"rebuild with: {cmd}")
 
 
 def _diff(old: dict, new: dict) -> str:
@@ -296,13 +309,11 @@ class VerifyReport:
 
 def verify_cache(folder: Path) -> VerifyReport:
     """Check every record of a finished cache against ``checksums.npy``."""
-    from engine.data.cache.writer import bad_payloads
-
     try:
         reader = CacheReader(folder)
         sums = np.load(Path(folder) / fmt.CHECKSUMS)
     except (OSError, ValueError, KeyError) as e:  # files missing, truncated or unreadable
         raise fmt.CacheError(f"{folder} is damaged or incomplete ({type(e).__name__}: {e}); delete it and rebuild") from None
-    bad = bad_payloads(reader.payload, sums, desc=f"verify {Path(folder).name}")
+    bad = fmt.bad_payloads(reader.payload, sums, desc=f"verify {Path(folder).name}")
     rows = reader.fields["rows"]
     return VerifyReport(Path(folder), reader.count, [{"record": i, "row": int(rows[i])} for i in bad])

@@ -16,6 +16,9 @@ What must hold, checked when the cache is opened (``open_selection``) or built (
 The fields (labels, tokens, tabular, captions) are this run's own ``SplitData`` arrays -- a fold's tabular
 statistics are fitted on its own train rows -- so only the pixels come from the cover; the cover's labels
 are checked against them as a guard on the mapping. A cache whose key equals the run's is preferred.
+
+This module finds and checks covers (it imports only ``format.py``); the reader serves one
+(``reader.SelectionReader``, ``reader.open_selection``) and the writer reports one (``writer.build_from_cover``).
 """
 from __future__ import annotations
 
@@ -29,8 +32,6 @@ from typing import Optional
 import numpy as np
 
 from engine.data.cache import format as fmt
-from engine.data.cache.reader import CacheReader, changed_images, read_rejects
-from engine.data.cache.writer import BuildSummary, CacheBuildError
 
 SELECTION = ("split", "rows_sha", "images_sha")  # the key components that say which rows
 
@@ -79,7 +80,7 @@ def find_cover(cfg, ctx, split: str, key: fmt.CacheKey) -> Optional[Cover]:
         found.append((len(held), folder, meta, records, paths))
     stale = None
     for _, folder, meta, records, paths in sorted(found, key=lambda f: (f[0], f[1].name)):
-        cover = Cover(folder, records, changed_images(meta, paths, folder))
+        cover = Cover(folder, records, fmt.changed_images(meta, paths, folder))
         if not cover.changed:
             return cover
         stale = stale or cover
@@ -100,78 +101,14 @@ def paths_sha(paths: list[str]) -> str:
     return hashlib.sha256("\n".join(os.path.abspath(p) for p in paths).encode()).hexdigest()
 
 
-class SelectionReader(CacheReader):
-    """``split`` served from a cover: its records' pixels (position i shows the cover's record ``pixel_index[i]``)
-    under this run's own fields (``data``, the split's SplitData). ``good``: the positions whose record the
-    cover serves (its rejected records stay out)."""
-
-    def __init__(self, cover: Cover, data):
-        super().__init__(cover.folder)
-        self.served_from = cover.folder
-        self.pixel_index = cover.records
-        self.count = len(data)
-        self.fields = {name: getattr(data, name) for name in fmt.FIELDS}
-        self.captions = {name: getattr(data, name) for name in fmt.CAPTION_FIELDS} if data.caption_ids is not None else {}
-        self.good = np.flatnonzero(np.isin(cover.records, self.good)).astype(np.int64)
-
-    def gather(self, records: np.ndarray, out: np.ndarray) -> None:
-        super().gather(self.pixel_index[records], out)
-
-    def record(self, i: int) -> np.ndarray:
-        return super().record(int(self.pixel_index[i]))
-
-    def encoded_records(self, records: np.ndarray) -> list[np.ndarray]:
-        return super().encoded_records(self.pixel_index[records])  # jpeg covers: what DALI / nvJPEG decode
-
-    def check_intact(self, epoch: int = 0, samples: int = 16) -> None:
-        """The cover's check, over the cover's records this selection serves."""
-        served, self.good = self.good, np.unique(self.pixel_index[self.good])
-        try:
-            super().check_intact(epoch, samples)
-        finally:
-            self.good = served
-
-
-def open_selection(cfg, ctx, split: str, key: fmt.CacheKey, cmd: str) -> Optional[SelectionReader]:
-    """``split`` served from a cover, None if no cache covers it; CacheError if the cover's image files changed or
-    it leaves out undecodable images of the split under data.on_bad_image=error."""
-    cover = find_cover(cfg, ctx, split, key)
-    if cover is None:
-        return None
-    if cover.changed:
-        raise fmt.CacheError(f"the {split} rows are in {cover.folder}, which holds stale pixels: {cover.changed}. "
-                             f"Build the {split} cache (the build decodes again) with: {cmd}")
-    refuse_rejects(cover, cfg, cmd, fmt.CacheError)
-    reader = SelectionReader(cover, ctx.split(split))
-    reader.rebuild_command = cmd
-    return reader
-
-
 def refuse_rejects(cover: Cover, cfg, cmd: str, error) -> list[dict]:
     """The cover's rejected records that the selection shows ({record, row, path, reason}, record in the cover);
     under data.on_bad_image=error, ``error`` naming them instead (what a build in error mode would say)."""
     held = set(cover.records.tolist())
-    bad = [r for r in read_rejects(cover.folder) if int(r["record"]) in held]
+    bad = [r for r in fmt.read_rejects(cover.folder) if int(r["record"]) in held]
     if bad and cfg.data.on_bad_image == "error":
         head = "; ".join(f"{r['path']}: {r['reason']}" for r in bad[:5])
         raise error(f"{len(bad)} undecodable image(s) of this selection are left out of {cover.folder} (built with "
                     f"data.on_bad_image=skip): {head}. Set --data.on_bad_image=skip to train without them, or fix the "
                     f"files and rebuild with: {cmd}")
     return bad
-
-
-def build_from_cover(cfg, ctx, split: str, key: fmt.CacheKey):
-    """What ``build_cache`` returns when a fresh cover serves ``split`` (nothing to build), else None."""
-    cover = find_cover(cfg, ctx, split, key)
-    if cover is None or cover.changed:
-        return None
-    rejected = refuse_rejects(cover, cfg, fmt.build_command(cfg, split), CacheBuildError)
-    return ServedSummary(split, cover.folder, len(cover.records), len(cover.records) - len(rejected), rejected,
-                         up_to_date=True)
-
-
-class ServedSummary(BuildSummary):
-    """A selection served from ``folder``, its cover."""
-
-    def line(self) -> str:
-        return f"{self.split}: {self.good}/{self.count} records served from {self.folder} (it holds them): nothing to build"

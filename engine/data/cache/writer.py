@@ -45,14 +45,11 @@ from typing import Optional
 import numpy as np
 
 from engine.data.cache import format as fmt
+from engine.data.cache import selection as sel
 from engine.data.cache import shards as sh
 from engine.data.cache.decode_dali import chunk_decoder, decoder_tag
 
 DELAY_ENV = "ENGINE_CACHE_CHUNK_DELAY"  # test hook: seconds to sleep after each chunk (lets a kill land mid-build)
-
-
-class CacheBuildError(fmt.CacheError):
-    """Bad images in ``data.on_bad_image=error`` mode; the message names files and manifest rows."""
 
 
 @dataclass
@@ -211,9 +208,24 @@ def _served(cfg, ctx, split: str, key: fmt.CacheKey, final: Path) -> Optional[Bu
     """A subset or fold of a finished cache that holds its rows (``selection.py``): its summary, nothing to build."""
     if (final / fmt.METADATA).is_file():
         return None
-    from engine.data.cache.selection import build_from_cover
-
     return build_from_cover(cfg, ctx, split, key)
+
+
+def build_from_cover(cfg, ctx, split: str, key: fmt.CacheKey):
+    """What ``build_cache`` returns when a fresh cover serves ``split`` (nothing to build), else None."""
+    cover = sel.find_cover(cfg, ctx, split, key)
+    if cover is None or cover.changed:
+        return None
+    rejected = sel.refuse_rejects(cover, cfg, fmt.build_command(cfg, split), fmt.CacheBuildError)
+    return ServedSummary(split, cover.folder, len(cover.records), len(cover.records) - len(rejected), rejected,
+                         up_to_date=True)
+
+
+class ServedSummary(BuildSummary):
+    """A selection served from ``folder``, its cover."""
+
+    def line(self) -> str:
+        return f"{self.split}: {self.good}/{self.count} records served from {self.folder} (it holds them): nothing to build"
 
 
 def seal_cache(cfg, ctx, split: str) -> BuildSummary:
@@ -261,9 +273,7 @@ def _existing(cfg, ctx, split: str, key: fmt.CacheKey, final: Path) -> Optional[
     if meta.get("key") == key.to_dict() and _drop_if_stale(final, meta, ctx.split(split).paths):
         return None  # its image files changed since it was built: decoded again
     if meta.get("key") == key.to_dict():
-        from engine.data.cache.reader import refuse_rejects_in_error_mode
-
-        refuse_rejects_in_error_mode(final, meta, cfg.data.on_bad_image, fmt.build_command(cfg, split), CacheBuildError)
+        fmt.refuse_rejects_in_error_mode(final, meta, cfg.data.on_bad_image, fmt.build_command(cfg, split), fmt.CacheBuildError)
         return BuildSummary(split, final, meta["count"], meta["good"], up_to_date=True)
     raise fmt.CacheError(f"{final} exists but was built for other settings; delete it and run: "
                          f"{fmt.build_command(cfg, split)}")
@@ -388,7 +398,7 @@ def _run_jobs(jobs, partial: Path, n: int, cfg, split: str, data, workers: Optio
             if rejects and cfg.data.on_bad_image == "error":
                 if pool is not None:
                     pool.terminate()
-                raise CacheBuildError(_bad_report(rejects, data, cfg, split))
+                raise fmt.CacheBuildError(_bad_report(rejects, data, cfg, split))
     if in_process:
         _W.clear()  # the records' map and the pipeline
     return decoded
@@ -438,14 +448,12 @@ def verify_encoded(path: Path, offsets: np.ndarray, sums: np.ndarray) -> list[in
     blob = np.fromfile(path, dtype=np.uint8) if offsets[-1] else np.zeros(0, np.uint8)
     if len(blob) != offsets[-1]:
         return list(range(len(sums)))
-    return bad_payloads(lambda i: blob[offsets[i] : offsets[i + 1]], sums, f"verify {path.parent.name}")
+    return fmt.bad_payloads(lambda i: blob[offsets[i] : offsets[i + 1]], sums, f"verify {path.parent.name}")
 
 
 def _drop_if_stale(final: Path, meta: dict, paths: list[str]) -> bool:
     """A finished cache whose image files changed (replaced in place) is deleted, so the build decodes them again."""
-    from engine.data.cache.reader import changed_images
-
-    stale = changed_images(meta, paths, final)
+    stale = fmt.changed_images(meta, paths, final)
     if stale:
         print(f"{final}: {stale}; rebuilding it", flush=True)
         shutil.rmtree(final)
@@ -478,11 +486,9 @@ def _reuse_pixels(source: Path, partial: Path, final: Path, key: fmt.CacheKey, d
     sums = np.load(source / fmt.CHECKSUMS)
     if len(sums) != len(data):
         raise fmt.CacheError(f"{source}: {len(sums)} records, expected {len(data)}; delete it and rebuild")
-    from engine.data.cache.reader import read_rejects
-
-    rejects = [{"record": int(r["record"]), "path": r["path"], "reason": r["reason"]} for r in read_rejects(source)]
+    rejects = [{"record": int(r["record"]), "path": r["path"], "reason": r["reason"]} for r in fmt.read_rejects(source)]
     if rejects and cfg.data.on_bad_image == "error":  # what a decode build would say about the same images
-        raise CacheBuildError(_bad_report(rejects, data, cfg, key.split))
+        raise fmt.CacheBuildError(_bad_report(rejects, data, cfg, key.split))
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     for name in fmt.pixel_files(fmt.key_storage(key.to_dict())):
@@ -564,15 +570,7 @@ def _fsync_dir(path: Path) -> None:
 
 def bad_records(records: np.ndarray, sums: np.ndarray, payload: int, desc: str = "verify") -> list[int]:
     """Indices of the rows of ``records`` (uint8 [n, stride]) whose first ``payload`` bytes do not match ``sums``."""
-    return bad_payloads(lambda i: records[i, :payload], sums, desc)
-
-
-def bad_payloads(payload_of, sums: np.ndarray, desc: str = "verify") -> list[int]:
-    """Indices i whose ``payload_of(i)`` (the stored bytes of record i) does not match ``sums[i]``."""
-    from tqdm import tqdm
-
-    return [i for i in tqdm(range(len(sums)), desc=desc, unit="rec", mininterval=1.0, leave=False, disable=None)  # None: off without a TTY
-            if fmt.checksum(payload_of(i)) != int(sums[i])]
+    return fmt.bad_payloads(lambda i: records[i, :payload], sums, desc)
 
 
 def verify_records(images: Path, sums: np.ndarray, size: int) -> list[int]:
