@@ -22,7 +22,8 @@ through /proc/self/clear_refs before each call; ru_maxrss where that is refused)
 --loaders: the cache loader on demo photos with five captions per image (data.group_captions)
 against the same photos with one caption per image (a plain cache), images/s over the train
 split in training order (one caption drawn per image) and in evaluation order (every batch
-carries all five), interleaved repeats; the ratio is the median of each repeat's ratio.
+carries all five), interleaved repeats; the ratio is the median of each repeat's ratio, in images per
+wall-clock second and per CPU second of the process (what the loader costs, whatever else runs).
 """
 from __future__ import annotations
 
@@ -213,37 +214,44 @@ def bench_loaders(a) -> list[dict]:
             build_cache(cfg, ctx, split, progress=False)
         # the train split both ways: training order (one drawn caption) and evaluation order (all captions)
         loaders[name] = {"train": create_loader(cfg, ctx, "train", True), "eval": create_loader(cfg, ctx, "train", False)}
-    rates: dict = {}
+    rates: dict = {}  # (setup, order) -> [(images per wall second, images per CPU second), ...]
     for rep in range(a.repeats):  # interleaved (ABBA), so drifting load and going first hit both alike
         for order in ("train", "eval"):
             for name in (list(setups) if rep % 2 == 0 else list(setups)[::-1]):
                 rates.setdefault((name, order), []).append(_images_per_s(loaders[name][order], a.loader_batches))
     out = []
     for (name, order), r in rates.items():
-        out.append(dict(what=f"cache loader, {name}", order=order, images_per_s=float(np.median(r)),
-                        runs=[round(x) for x in r], batch=a.loader_batch))
-        print(f"{out[-1]['what']:<34} {order:<6} median {out[-1]['images_per_s']:>10,.0f} images/s  runs {out[-1]['runs']}")
+        wall, cpu = np.array(r).T
+        out.append(dict(what=f"cache loader, {name}", order=order, images_per_s=float(np.median(wall)),
+                        images_per_cpu_s=float(np.median(cpu)), runs=[round(x) for x in wall],
+                        cpu_runs=[round(x) for x in cpu], batch=a.loader_batch))
+        print(f"{out[-1]['what']:<34} {order:<6} median {out[-1]['images_per_s']:>10,.0f} images/s "
+              f"{out[-1]['images_per_cpu_s']:>10,.0f} images/CPU-s  runs {out[-1]['runs']}")
     for order in ("train", "eval"):
-        pairs = np.array(rates[("5 captions/image", order)]) / np.array(rates[("1 caption/image", order)])
-        out.append(dict(what="5 captions / 1 caption", order=order, median_ratio=float(np.median(pairs)),
-                        ratios=[round(float(x), 3) for x in pairs]))
-        print(f"{order}: 5 captions / 1 caption, median of the {len(pairs)} repeats' ratios = {np.median(pairs):.3f} "
-              f"(quartiles {np.percentile(pairs, 25):.3f} / {np.percentile(pairs, 75):.3f})")
+        five, one = np.array(rates[("5 captions/image", order)]), np.array(rates[("1 caption/image", order)])
+        for k, unit in enumerate(("wall", "cpu")):
+            pairs = five[:, k] / one[:, k]
+            out.append(dict(what=f"5 captions / 1 caption ({unit})", order=order, median_ratio=float(np.median(pairs)),
+                            ratios=[round(float(x), 3) for x in pairs]))
+            print(f"{order}: 5 captions / 1 caption, {unit} time: median of the {len(pairs)} repeats' ratios = "
+                  f"{np.median(pairs):.3f} (quartiles {np.percentile(pairs, 25):.3f} / {np.percentile(pairs, 75):.3f})")
     return out
 
 
-def _images_per_s(loader, batches: int) -> float:
-    done, images, t0 = 0, 0, None
+def _images_per_s(loader, batches: int) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU second of this process, all its threads): on a machine
+    shared with other jobs the second is what the loader itself costs, the first also what others took."""
+    done, images, t0, c0 = 0, 0, None, None
     while done <= batches:
         for b in loader:
             if done == 1:  # the first batch starts the threads: not timed
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
             elif done > 1:
                 images += b.size
             done += 1
             if done > batches:
                 break
-    return images / (time.perf_counter() - t0)
+    return images / (time.perf_counter() - t0), images / (time.process_time() - c0)
 
 
 def main(argv=None) -> int:
