@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
@@ -50,6 +50,15 @@ class RunConfig:
             raise ValueError(f"run.seed must be >= 0, got {self.seed}")
 
 
+@dataclass(frozen=True)
+class ConfigOrigin:
+    """Where a loaded config came from: what a command that must rebuild something for it repeats
+    (``format.build_command``). Not a setting: absent from ``to_dict`` and the saved config."""
+
+    recipe: Optional[str] = None  # the YAML file given to load_config (a run's config.yaml for --run RUN)
+    overrides: tuple[tuple[str, Any], ...] = ()  # (dotted key, value as given), in command-line order
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -62,6 +71,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    origin: ClassVar[ConfigOrigin] = ConfigOrigin()  # set per instance by load_config
 
     def __post_init__(self):
         for stage in self.train.stages:  # a typo in a stage's overrides fails at load, not when the stage starts
@@ -197,9 +207,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_overrides(args: list[str]) -> dict:
-    """Turn ``["--train.epochs=3", "--data.root", "x"]`` into a nested dict."""
-    tree: dict = {}
+def override_items(args: list[str]) -> list[tuple[str, str]]:
+    """The one parser of ``--section.key=value`` / ``--section.key value`` arguments: ``["--train.epochs=3",
+    "--data.root", "x"]`` -> ``[("train.epochs", "3"), ("data.root", "x")]`` (values as typed)."""
+    items = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -215,13 +226,32 @@ def parse_overrides(args: list[str]) -> dict:
             raise ConfigError(f"override --{body} has no value")
         if "." not in key:
             raise ConfigError(f"override --{key}: expected --section.key=value")
+        items.append((key, raw))
+        i += 1
+    return items
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """Turn ``["--train.epochs=3", "--data.root", "x"]`` into a nested dict (values read as YAML)."""
+    tree: dict = {}
+    for key, raw in override_items(args):
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key, value)
-        i += 1
     return tree
+
+
+def _dotted(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested override dict as (dotted key, value) pairs."""
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out += _dotted(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -293,14 +323,18 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             source += f" (inherits {tree['inherit']})"
         tree = _inherit(tree, path, seen=(path.resolve(),))
         tree.pop("provenance", None)
+    items: list[tuple[str, Any]] = []
     if overrides:
+        items = override_items(overrides) if isinstance(overrides, list) else _dotted(overrides)
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         tree = _merge(tree, over)
         source += " + command-line overrides"
     try:
-        return _fill(Config, tree, "")
+        cfg = _fill(Config, tree, "")
     except ConfigError as e:
         raise ConfigError(f"{e} [in {source}]") from None
+    cfg.origin = ConfigOrigin(None if path is None else str(path), tuple(items))
+    return cfg
 
 
 # What a stage may change (train.stages[i].overrides): loss settings, never the architecture or the data.

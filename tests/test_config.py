@@ -132,3 +132,11 @@ def test_dotted_override_inside_deepspeed_extra_keeps_the_other_keys(tmp_path):
     cfg = load_config(p, ["--deepspeed.extra.steps_per_print=5", "--deepspeed.extra.zero_optimization.stage=2"])
     assert cfg.deepspeed.extra == {"gradient_clipping": 0.5, "steps_per_print": 5,
                                    "zero_optimization": {"offload_optimizer": {"device": "cpu"}, "stage": 2}}
+
+
+def test_load_config_records_its_origin(tmp_path):
+    """What a rebuild command repeats (format.build_command) comes from the config, never from sys.argv."""
+    p = write(tmp_path, "train: {epochs: 2}\n")
+    cfg = load_config(p, ["--data.root", "x", "--run.seed=3"])
+    assert cfg.origin.recipe == str(p) and cfg.origin.overrides == (("data.root", "x"), ("run.seed", "3"))
+    assert "origin" not in cfg.to_dict() and load_config(None).origin.recipe is None

@@ -242,15 +242,18 @@ def test_verify_detects_a_flipped_byte(dataset, tmp_path, capsys):
     assert e.value.code == 2 and "is damaged or incomplete" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,recipe", [(["train.py", "--config", "configs/x.yaml"], "configs/x.yaml"),
-                                         (["train.py", "--config=configs/y.yaml"], "configs/y.yaml"),
-                                         (["evaluate.py", "--run", "runs/demo"], "runs/demo/config.yaml"),
-                                         (["python"], "CONFIG.yaml")])
-def test_build_command_names_the_recipe_this_process_used(dataset, tmp_path, monkeypatch, argv, recipe):
+@pytest.mark.parametrize("given,recipe", [("configs/x.yaml", "configs/x.yaml"),  # train.py --config configs/x.yaml
+                                          ("configs/y.yaml", "configs/y.yaml"),  # --config=configs/y.yaml
+                                          ("runs/demo/config.yaml", "runs/demo/config.yaml"),  # evaluate.py --run runs/demo
+                                          (None, "CONFIG.yaml")])
+def test_build_command_names_the_recipe_this_process_used(dataset, tmp_path, given, recipe):
+    """The recipe is the one the config was loaded from (cfg.origin, recorded by load_config), not sys.argv."""
+    from engine.config import ConfigOrigin
     from engine.data.cache.format import build_command
 
-    monkeypatch.setattr("sys.argv", argv)
-    cmd = build_command(make_cfg(dataset, tmp_path / "cache"), "val")
+    cfg = make_cfg(dataset, tmp_path / "cache")
+    cfg.origin = ConfigOrigin(given, cfg.origin.overrides)
+    cmd = build_command(cfg, "val")
     assert cmd.startswith(f"python tools/build_cache.py --config {recipe} ") and "--cache.splits=[val]" in cmd
 
 
@@ -310,14 +313,17 @@ def test_reused_pixels_with_rejects_obey_on_bad_image(tmp_path):
         _build(strict)
 
 
-def test_build_command_repeats_this_process_key_overrides(dataset, tmp_path, monkeypatch):
+def test_build_command_repeats_this_process_key_overrides(dataset, tmp_path):
     """A label column or tokenizer given on the command line must reach the rebuild command (not the backbone)."""
+    from engine.config import ConfigOrigin, override_items
     from engine.data.cache.format import build_command
 
-    argv = ["train.py", "--config", "configs/x.yaml", "--data.label_column=label_v2", "--model.backbone", "resnet18",
-            "--model.text_encoder", "minilm", "--run.seed=3", "--cache.splits=[train,val]", "--resume"]
-    monkeypatch.setattr("sys.argv", argv)
-    cmd = build_command(make_cfg(dataset, tmp_path / "cache"), "val")
+    # train.py --config configs/x.yaml ... --resume: argparse keeps --config and --resume, load_config gets the rest
+    overrides = ["--data.label_column=label_v2", "--model.backbone", "resnet18", "--model.text_encoder", "minilm",
+                 "--run.seed=3", "--cache.splits=[train,val]"]
+    cfg = make_cfg(dataset, tmp_path / "cache")
+    cfg.origin = ConfigOrigin("configs/x.yaml", tuple(override_items(overrides)))
+    cmd = build_command(cfg, "val")
     assert "--data.label_column=label_v2" in cmd and "--model.text_encoder=minilm" in cmd and "--run.seed=3" in cmd
     assert "backbone" not in cmd and "--resume" not in cmd and cmd.count("cache.splits") == 1
     assert "--cache.splits=[val]" in cmd

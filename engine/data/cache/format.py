@@ -50,7 +50,6 @@ import json
 import mmap
 import os
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,17 +219,15 @@ def cache_dir(cfg, key: CacheKey) -> Path:
 def build_command(cfg, split: str) -> str:
     """The exact command that (re)builds ``split``'s cache for ``cfg``.
 
-    The recipe path is taken from this process's ``--config`` argument, or
-    ``RUN/config.yaml`` for ``--run RUN`` (tools/evaluate.py; a run's resolved
-    config loads as a recipe).  The command repeats this process's own
-    overrides of settings that enter the cache key (``--data.*``, ``--cache.*``,
-    ``--run.seed``, ``--model.text_encoder``, ``--model.text_max_length``), and
-    spells out the pixel settings and the tokenizer length in any case, so the
-    command is right even if the recipe has been edited since.
+    The recipe and the overrides are the ones ``cfg`` was loaded from (``cfg.origin``, set by
+    ``engine.config.load_config``: the ``--config`` file, or ``RUN/config.yaml`` for ``--run RUN``, whose
+    resolved config loads as a recipe). The command repeats those overrides of settings that enter the cache
+    key (``--data.*``, ``--cache.*``, ``--run.seed``, ``--model.text_encoder``, ``--model.text_max_length``),
+    and spells out the pixel settings and the tokenizer length in any case, so the command is right even if
+    the recipe has been edited since.
     """
-    config, run = _argv_value("--config"), _argv_value("--run")
-    recipe = config or (str(Path(run) / "config.yaml") if run else "CONFIG.yaml")
-    over = _argv_key_overrides()
+    recipe = cfg.origin.recipe or "CONFIG.yaml"
+    over = {k: v for k, v in cfg.origin.overrides if k.startswith(_KEY_OVERRIDES) and k != "cache.splits"}
     over.update({
         "data.manifest": cfg.data.manifest,
         "cache.dir": cfg.cache.dir,
@@ -249,35 +246,6 @@ def build_command(cfg, split: str) -> str:
 
 
 _KEY_OVERRIDES = ("data.", "cache.", "run.seed", "model.text_encoder", "model.text_max_length")
-
-
-def _argv_key_overrides() -> dict[str, str]:
-    """This process's ``--section.key=value`` / ``--section.key value`` arguments that enter the cache key."""
-    args, out, i = sys.argv[1:], {}, 0
-    while i < len(args):
-        arg = args[i]
-        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
-        if "." in name:
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-            elif i + 1 < len(args):
-                value, i = args[i + 1], i + 1
-            else:
-                value = ""
-            if name.startswith(_KEY_OVERRIDES) and name != "cache.splits":
-                out[name] = value
-        i += 1
-    return out
-
-
-def _argv_value(flag: str) -> str | None:
-    argv = sys.argv
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
 
 
 def open_records(path: Path, n: int, stride: int, writable: bool) -> tuple[mmap.mmap | None, np.ndarray]:
