@@ -133,3 +133,24 @@ def test_repeated_draws_are_augmented_differently(tmp_path, backend):
                 assert key == row  # a first draw keeps the plain key: unweighted runs are unchanged
                 first[row] = img
     assert repeats > 0
+
+
+def test_host_buffers_return_to_the_pool_only_when_their_last_tensor_is_freed():
+    """CPU batches the caller keeps are never overwritten; a loop that drops them reuses one buffer."""
+    import torch
+
+    from engine.data.cache.loader import HostBuffers
+
+    pool = HostBuffers(4)
+    kept = [torch.from_numpy(pool.take(8)) for _ in range(3)]
+    assert len({t.data_ptr() for t in kept}) == 3
+    first, view = kept[0].data_ptr(), kept[0][1:]  # a view of a batch keeps its buffer owned
+    del kept[0]
+    owners = set()
+    for _ in range(10):
+        t = torch.from_numpy(pool.take(8))
+        owners.add(t.data_ptr())
+        del t
+    assert first not in owners and len(owners) == 1
+    del view
+    assert torch.from_numpy(pool.take(8)).data_ptr() in owners | {first}

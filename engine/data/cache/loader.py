@@ -6,9 +6,9 @@ Emits ``Batch`` with
   numeric         float32 [B, n]    categorical    int64 [B, k]
   labels          int64 [B]         index          int64 [B] manifest row
   (caption caches, evaluation) captions_ids/captions_mask int64 [B, K, L], caption_count int64 [B]
-on ``device`` (CUDA: copied asynchronously from a ring of pinned buffers; CPU:
-host tensors the caller may keep: a host buffer is reused only once
-no tensor references it any more).
+on ``device`` (CUDA: copied asynchronously from a ring of pinned buffers, each refilled once its copy has
+completed; CPU: host tensors the caller may keep as long as it likes: a host buffer goes back to the loader's
+pool when the last tensor over it is freed, ``HostBuffers``).
 
 Order, sharding and resume come from ``ShardedLoader``: position p of the
 split's *served* samples is record ``good[p]`` (rejected records are skipped).
@@ -18,7 +18,7 @@ different batch in parallel with the training step.
 """
 from __future__ import annotations
 
-import sys
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
@@ -33,6 +33,33 @@ from engine.data.loader_base import ShardedLoader
 from engine.data.sampling import served_weights
 
 DROP_PAGES_BYTES = 256 << 20  # with release_pages: unmap touched cache pages after this many bytes gathered
+
+
+class HostBuffers:
+    """The CPU path's batch buffers, uint8 [B, S, S, 3], handed out with their ownership.
+
+    ``take(b)`` returns a fresh ndarray view of a free buffer (or of a new one); whoever holds that view (the
+    batch's tensor: ``torch.from_numpy`` keeps its array alive until the tensor's storage is freed) owns the
+    buffer, and a ``weakref.finalize`` on the view puts the buffer back on the free list once the view is gone.
+    So a batch the caller keeps is never overwritten, and a steady loop reuses a few buffers (no page faults
+    of fresh allocations per batch).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._free: deque[np.ndarray] = deque()  # appended by finalizers (any thread), taken by the iterating one
+
+    def take(self, b: int) -> np.ndarray:
+        for _ in range(len(self._free)):
+            buf = self._free.popleft()
+            if len(buf) == b:
+                break
+            self._free.append(buf)  # the last, shorter batch's buffer: kept for the next epoch's
+        else:
+            buf = np.empty((b, self.size, self.size, 3), dtype=np.uint8)
+        view = buf.view()
+        weakref.finalize(view, self._free.append, buf)
+        return view
 
 
 class CacheLoader(ShardedLoader):
@@ -85,31 +112,20 @@ class CacheLoader(ShardedLoader):
             on_gpu = getattr(r.jpeg_decoder, "device", "cpu") == "mixed"  # jpeg records, DALI's nvJPEG
             yield from (self._iter_gpu_decoded(batches) if on_gpu else self._iter_cuda(batches, depth))
             return
-        s = r.size
-        buffers: list[np.ndarray] = []  # host batches, recycled once nobody references them
-
-        def take_buffer(b: int) -> np.ndarray:
-            # A yielded batch keeps its array alive (torch.from_numpy holds a reference), so an
-            # array whose only references are this list and getrefcount's argument is free to reuse.
-            for buf in buffers:
-                if sys.getrefcount(buf) == 3 and len(buf) == b:  # list, loop variable, argument
-                    return buf
-            buf = np.empty((b, s, s, 3), dtype=np.uint8)
-            buffers.append(buf)
-            return buf
+        buffers = HostBuffers(r.size)
 
         def job(pos, images):
             fields = self._gather(pos, images.reshape(len(pos), -1))
             return images, fields
 
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cache-gather") as pool:
-            pending = deque(pool.submit(job, p, take_buffer(len(p))) for p in batches[:depth])
+            pending = deque(pool.submit(job, p, buffers.take(len(p))) for p in batches[:depth])
             nxt = depth
             try:
                 while pending:
                     images, fields = pending.popleft().result()
                     if nxt < len(batches):
-                        pending.append(pool.submit(job, batches[nxt], take_buffer(len(batches[nxt]))))
+                        pending.append(pool.submit(job, batches[nxt], buffers.take(len(batches[nxt]))))
                         nxt += 1
                     self._account(len(images))
                     yield self._to_batch(torch.from_numpy(images), fields, non_blocking=False)
