@@ -172,8 +172,9 @@ def _synth_loader(cfg, ctx, args):
     from engine.data.cache.loader import CacheLoader
 
     reader = synthetic_cache(cfg, ctx, Path(cfg.cache.dir) / f"synthetic-{args.synthetic}-{args.synthetic_size}", args.synthetic, args.synthetic_size)
-    return CacheLoader(reader, cfg.loader.batch_size, True, 0, 1, cfg.run.seed, cfg.loader.num_workers, cfg.loader.prefetch,
-                       cfg.loader.pin_memory, release_pages=cfg.loader.release_pages)
+    return CacheLoader(reader, batch_size=cfg.loader.batch_size, train=True, rank=0, world=1, seed=cfg.run.seed,
+                       num_workers=cfg.loader.num_workers, prefetch=cfg.loader.prefetch, pin_memory=cfg.loader.pin_memory,
+                       release_pages=cfg.loader.release_pages)
 
 
 @loader_bench("cache_synth")
@@ -382,8 +383,9 @@ def bench_larger_than_memory(cfg, ctx, args) -> dict:
     def loader(order: str):
         from engine.data.cache.reader import CacheReader
 
-        ld = CacheLoader(CacheReader(folder), cfg.loader.batch_size, True, 0, 1, cfg.run.seed, cfg.loader.num_workers,
-                         cfg.loader.prefetch, cfg.loader.pin_memory)
+        ld = CacheLoader(CacheReader(folder), batch_size=cfg.loader.batch_size, train=True, rank=0, world=1,
+                         seed=cfg.run.seed, num_workers=cfg.loader.num_workers, prefetch=cfg.loader.prefetch,
+                         pin_memory=cfg.loader.pin_memory)
         if order == "block":
             ld.block_order(cfg.loader.block_size, cfg.loader.shuffle_window)
         return ld

@@ -22,7 +22,7 @@ class ShardedLoader:
     exactly the batches an uninterrupted run would have.
     """
 
-    def __init__(self, n: int, batch_size: int, train: bool, rank: int, world: int, seed: int,
+    def __init__(self, n: int, *, batch_size: int, train: bool, rank: int, world: int, seed: int,
                  sample_weights: Optional[np.ndarray] = None):
         if train and n < batch_size * world:
             from engine.config import ConfigError

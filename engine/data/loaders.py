@@ -34,9 +34,10 @@ def create_loader(cfg, ctx: DataContext, split: str, train: bool, rank: int = 0,
 def _pil(cfg, ctx, split, train, rank, world, weights):
     from engine.data.reference import PilLoader
 
-    return PilLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size_for(train),
-                     train, rank, world, cfg.run.seed, cfg.loader.num_workers, cfg.loader.prefetch,
-                     cfg.loader.pin_memory and _cuda(), weights, cfg.data.on_bad_image)
+    return PilLoader(ctx.split(split), aug=cfg.augment, size=cfg.data.image_size, batch_size=cfg.loader.batch_size_for(train),
+                     train=train, rank=rank, world=world, seed=cfg.run.seed, num_workers=cfg.loader.num_workers,
+                     prefetch=cfg.loader.prefetch, pin_memory=cfg.loader.pin_memory and _cuda(), sample_weights=weights,
+                     on_bad_image=cfg.data.on_bad_image)
 
 
 @register_backend("cache")

@@ -86,14 +86,15 @@ class PilLoader(ShardedLoader):
     left out, like the cache's rejects; under "error" the first one stops the run naming the file and row.
     """
 
-    def __init__(self, data: SplitData, aug: AugmentConfig, size: int, batch_size: int, train: bool,
+    def __init__(self, data: SplitData, *, aug: AugmentConfig, size: int, batch_size: int, train: bool,
                  rank: int, world: int, seed: int, num_workers: int = 2, prefetch: int = 2, pin_memory: bool = False,
                  sample_weights=None, on_bad_image: str = "error"):
         self.served = np.arange(len(data))  # split positions this loader serves
         if on_bad_image == "skip":
             self.served = _decodable(data, max(1, num_workers))
             sample_weights = served_weights(sample_weights, self.served, len(data))
-        super().__init__(len(self.served), batch_size, train, rank, world, seed, sample_weights)
+        super().__init__(len(self.served), batch_size=batch_size, train=train, rank=rank, world=world, seed=seed,
+                         sample_weights=sample_weights)
         self.dataset = PilDataset(data, aug, size, train, seed)
         self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
 

@@ -118,8 +118,8 @@ def read_cache(s: Session) -> Iterator[Outcome]:
         yield Skipped("read", "cache", str(e))
         return
     cfg = s.cfg.loader
-    loader = CacheLoader(reader, s.batch_size, True, 0, 1, s.cfg.run.seed, cfg.num_workers, cfg.prefetch,
-                         cfg.pin_memory, device=s.device)
+    loader = CacheLoader(reader, batch_size=s.batch_size, train=True, rank=0, world=1, seed=s.cfg.run.seed,
+                         num_workers=cfg.num_workers, prefetch=cfg.prefetch, pin_memory=cfg.pin_memory, device=s.device)
     batches = max(4 * s.steps, 16)  # cheap: enough batches per call that thread start-up is amortised
     it = _forever(loader)
 

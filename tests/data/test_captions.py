@@ -183,8 +183,8 @@ def test_dali_cache_backend_serves_the_captions(captioned, train):
     cfg, ctx, _ = captioned
     split = "train" if train else "val"
     data = ctx.split(split)
-    loader = DaliCacheLoader(open_cache(cfg, ctx, split), AugmentConfig(hue=0.0), 16, 4, train, 0, 1, cfg.run.seed,
-                             DecodeSettings("cpu"), num_threads=1)
+    loader = DaliCacheLoader(open_cache(cfg, ctx, split), aug=AugmentConfig(hue=0.0), size=16, batch_size=4, train=train,
+                             rank=0, world=1, seed=cfg.run.seed, settings=DecodeSettings("cpu"), num_threads=1)
     for b in loader:
         p = np.searchsorted(data.rows, b.index.numpy())
         if train:

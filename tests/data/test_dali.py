@@ -73,7 +73,8 @@ def pixel_class(images: torch.Tensor) -> np.ndarray:
 
 
 def dali_loader(data, train: bool, rank: int, world: int, bs: int = 4, **kw) -> DaliLoader:
-    return DaliLoader(data, AUG, SIZE, bs, train, rank, world, seed=3, settings=CPU, num_threads=1, prefetch=2, **kw)
+    return DaliLoader(data, aug=AUG, size=SIZE, batch_size=bs, train=train, rank=rank, world=world, seed=3, settings=CPU,
+                      num_threads=1, prefetch=2, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_train_pairing_global_order_and_shards(ctx, world):
     seen_by_epoch: dict[int, list[np.ndarray]] = {0: [], 1: []}
     for rank in range(world):
         loader = dali_loader(data, True, rank, world, bs)
-        reference = ShardedLoader(len(data), bs, True, rank, world, seed=3)
+        reference = ShardedLoader(len(data), batch_size=bs, train=True, rank=rank, world=world, seed=3)
         for epoch in (0, 1):
             loader.set_epoch(epoch)
             reference.set_epoch(epoch)
@@ -186,7 +187,8 @@ def test_dali_cache_pipeline(ctx, train):
     world, bs = 2, 4
     got = []
     for rank in range(world):
-        loader = DaliCacheLoader(reader, AUG, SIZE, bs, train, rank, world, seed=3, settings=CPU, num_threads=1, prefetch=2)
+        loader = DaliCacheLoader(reader, aug=AUG, size=SIZE, batch_size=bs, train=train, rank=rank, world=world, seed=3,
+                                 settings=CPU, num_threads=1, prefetch=2)
         batches = list(loader)
         assert len(batches) == len(loader)
         for b in batches:
@@ -249,7 +251,8 @@ def test_decode_settings_follow_the_card(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_mixed_decode_yields_cuda_tensors(ctx):
     settings = DecodeSettings("mixed", hardware.dali_decoder_defaults(hardware.device_info())["hw_decoder_load"], 16)
-    loader = DaliLoader(ctx.split("train"), AUG, SIZE, 4, True, 0, 1, seed=3, settings=settings, num_threads=2,
+    loader = DaliLoader(ctx.split("train"), aug=AUG, size=SIZE, batch_size=4, train=True, rank=0, world=1, seed=3,
+                        settings=settings, num_threads=2,
                         prefetch=2, device_id=torch.cuda.current_device())
     for b in loader:
         assert b.images.is_cuda and b.images.shape[1:] == (3, SIZE, SIZE)

@@ -63,7 +63,7 @@ class HostBuffers:
 
 
 class CacheLoader(ShardedLoader):
-    def __init__(self, reader: CacheReader, batch_size: int, train: bool, rank: int, world: int, seed: int,
+    def __init__(self, reader: CacheReader, *, batch_size: int, train: bool, rank: int, world: int, seed: int,
                  num_workers: int = 2, prefetch: int = 2, pin_memory: bool = True,
                  device: Optional[torch.device | str] = None, sample_weights: Optional[np.ndarray] = None,
                  release_pages: bool = False):
@@ -76,7 +76,8 @@ class CacheLoader(ShardedLoader):
         """
         self.reader = reader
         sample_weights = served_weights(sample_weights, reader.good, reader.count)  # rejected rows get no draws
-        super().__init__(len(reader.good), batch_size, train, rank, world, seed, sample_weights)
+        super().__init__(len(reader.good), batch_size=batch_size, train=train, rank=rank, world=world, seed=seed,
+                         sample_weights=sample_weights)
         self.num_workers, self.prefetch = max(1, num_workers), max(1, prefetch)
         self.device = torch.device(device) if device is not None else hardware.default_device()
         self.pin = pin_memory and self.device.type == "cuda"
@@ -194,9 +195,9 @@ def create_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world: int
 
     reader = open_cache(cfg, ctx, split)
     use_loader_decoder(reader, cfg)  # jpeg records: DALI on a GPU, Pillow on the CPU (cache.decoder)
-    return CacheLoader(reader, cfg.loader.batch_size_for(train), train, rank, world, cfg.run.seed,
-                       cfg.loader.num_workers, cfg.loader.prefetch, cfg.loader.pin_memory, None, weights,
-                       cfg.loader.release_pages)
+    return CacheLoader(reader, batch_size=cfg.loader.batch_size_for(train), train=train, rank=rank, world=world,
+                       seed=cfg.run.seed, num_workers=cfg.loader.num_workers, prefetch=cfg.loader.prefetch,
+                       pin_memory=cfg.loader.pin_memory, sample_weights=weights, release_pages=cfg.loader.release_pages)
 
 
 __all__ = ["CacheLoader", "create_cache_loader"]

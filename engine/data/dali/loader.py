@@ -52,11 +52,12 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 class _DaliBase(ShardedLoader):
     """Shared by both DALI loaders: every rank's positions, the pairing check, the Batch assembly."""
 
-    def __init__(self, n: int, aug: AugmentConfig, size: int, batch_size: int, train: bool, rank: int, world: int,
+    def __init__(self, n: int, *, aug: AugmentConfig, size: int, batch_size: int, train: bool, rank: int, world: int,
                  seed: int, settings: DecodeSettings, num_threads: int, prefetch: int, device_id: Optional[int],
                  out_dtype: Optional[torch.dtype], sample_weights):
         check_supported(aug)
-        super().__init__(n, batch_size, train, rank, world, seed, sample_weights)
+        super().__init__(n, batch_size=batch_size, train=train, rank=rank, world=world, seed=seed,
+                         sample_weights=sample_weights)
         self.aug, self.size, self.settings = aug, size, settings
         self.num_threads, self.prefetch, self.device_id, self.out_dtype = num_threads, prefetch, device_id, out_dtype
 
@@ -84,7 +85,7 @@ class _DaliBase(ShardedLoader):
 class DaliLoader(_DaliBase):
     """``loader.backend: dali``: JPEG files read and decoded by DALI (CPU, or nvJPEG with a GPU)."""
 
-    def __init__(self, data: SplitData, aug: AugmentConfig, size: int, batch_size: int, train: bool, rank: int,
+    def __init__(self, data: SplitData, *, aug: AugmentConfig, size: int, batch_size: int, train: bool, rank: int,
                  world: int, seed: int, settings: DecodeSettings, num_threads: int = 2, prefetch: int = 2,
                  device_id: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
                  on_bad_image: str = "error", rejects_path: Optional[Path] = None, sample_weights=None):
@@ -93,8 +94,9 @@ class DaliLoader(_DaliBase):
         if on_bad_image == "skip":
             self.served = self._skip_bad(num_threads, rejects_path)
             sample_weights = served_weights(sample_weights, self.served, len(data))
-        super().__init__(len(self.served), aug, size, batch_size, train, rank, world, seed, settings, num_threads,
-                         prefetch, device_id, out_dtype, sample_weights)
+        super().__init__(len(self.served), aug=aug, size=size, batch_size=batch_size, train=train, rank=rank, world=world,
+                         seed=seed, settings=settings, num_threads=num_threads, prefetch=prefetch, device_id=device_id,
+                         out_dtype=out_dtype, sample_weights=sample_weights)
 
     def served_positions(self) -> np.ndarray:
         return self.served
@@ -163,13 +165,14 @@ class DaliCacheLoader(_DaliBase):
     ``ShardedLoader`` positions, whole batches when training, a partial last one in eval).
     """
 
-    def __init__(self, reader, aug: AugmentConfig, size: int, batch_size: int, train: bool, rank: int, world: int,
+    def __init__(self, reader, *, aug: AugmentConfig, size: int, batch_size: int, train: bool, rank: int, world: int,
                  seed: int, settings: DecodeSettings, num_threads: int = 2, prefetch: int = 2,
                  device_id: Optional[int] = None, out_dtype: Optional[torch.dtype] = None, sample_weights=None):
         self.reader = reader
         sample_weights = served_weights(sample_weights, reader.good, reader.count)
-        super().__init__(len(reader.good), aug, size, batch_size, train, rank, world, seed, settings, num_threads, prefetch,
-                         device_id, out_dtype, sample_weights)
+        super().__init__(len(reader.good), aug=aug, size=size, batch_size=batch_size, train=train, rank=rank, world=world,
+                         seed=seed, settings=settings, num_threads=num_threads, prefetch=prefetch, device_id=device_id,
+                         out_dtype=out_dtype, sample_weights=sample_weights)
 
     def served_positions(self) -> np.ndarray:
         return self.reader.good
@@ -223,15 +226,17 @@ def _settings_for_this_process(cfg) -> tuple[DecodeSettings, Optional[int], Opti
 def create_dali_loader(cfg, ctx, split: str, train: bool, rank: int, world: int, weights) -> DaliLoader:
     settings, device_id, out_dtype = _settings_for_this_process(cfg)
     rejects = Path(cfg.run_dir) / f"rejects-dali-{split}.csv" if rank == 0 else None
-    return DaliLoader(ctx.split(split), cfg.augment, cfg.data.image_size, cfg.loader.batch_size_for(train),
-                      train, rank, world, cfg.run.seed, settings, cfg.loader.num_workers, cfg.loader.prefetch, device_id,
-                      out_dtype, cfg.data.on_bad_image, rejects, weights)
+    return DaliLoader(ctx.split(split), aug=cfg.augment, size=cfg.data.image_size, batch_size=cfg.loader.batch_size_for(train),
+                      train=train, rank=rank, world=world, seed=cfg.run.seed, settings=settings,
+                      num_threads=cfg.loader.num_workers, prefetch=cfg.loader.prefetch, device_id=device_id,
+                      out_dtype=out_dtype, on_bad_image=cfg.data.on_bad_image, rejects_path=rejects, sample_weights=weights)
 
 
 def create_dali_cache_loader(cfg, ctx, split: str, train: bool, rank: int, world: int, weights) -> DaliCacheLoader:
     from engine.data.cache.reader import open_cache
 
     settings, device_id, out_dtype = _settings_for_this_process(cfg)
-    return DaliCacheLoader(open_cache(cfg, ctx, split), cfg.augment, cfg.data.image_size,
-                           cfg.loader.batch_size_for(train), train, rank, world, cfg.run.seed,
-                           settings, cfg.loader.num_workers, cfg.loader.prefetch, device_id, out_dtype, weights)
+    return DaliCacheLoader(open_cache(cfg, ctx, split), aug=cfg.augment, size=cfg.data.image_size,
+                           batch_size=cfg.loader.batch_size_for(train), train=train, rank=rank, world=world,
+                           seed=cfg.run.seed, settings=settings, num_threads=cfg.loader.num_workers,
+                           prefetch=cfg.loader.prefetch, device_id=device_id, out_dtype=out_dtype, sample_weights=weights)
