@@ -1,4 +1,5 @@
-"""Fixtures shared across test packages: a tiny demo dataset and a tiny text encoder, made once per session."""
+"""Fixtures shared across test packages: a tiny demo dataset, the tiny text encoder (BERT) and tiny CLIP/SigLIP
+checkpoints, made once per session."""
 from __future__ import annotations
 
 import os
@@ -24,7 +25,9 @@ def tiny_demo_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_text_encoder(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, saved like a Hugging Face checkpoint folder."""
+    """The one tiny text encoder of the suite: a 2-layer, 32-wide random BERT (seed 0, no dropout, so a
+    train-mode forward is deterministic) with MiniLM's tokenizer, saved like a Hugging Face checkpoint folder
+    (loadable by path, no network)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -34,7 +37,8 @@ def tiny_text_encoder(tmp_path_factory) -> str:
     tok = AutoTokenizer.from_pretrained(resolve_text_encoder("minilm"))
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
+                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)

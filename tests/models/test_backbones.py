@@ -156,13 +156,13 @@ def test_timm_families_report_their_real_output_sizes(name):
     assert tokens.ndim == 3 and tokens.shape[0] == 2 and tokens.shape[2] == backbone_token_dim(model)
 
 
-def test_head_conv_backbone_trains_in_a_fusion_model(tiny_bert):
+def test_head_conv_backbone_trains_in_a_fusion_model(tiny_text_encoder):
     """The reported crash: a concat fusion over mobilenetv3 expected num_features (the width before its head conv)."""
     from engine.models import ModelConfig, create_model
 
     for fusion in ("concat", "cross_attention"):
-        cfg = ModelConfig(backbone="mobilenetv3_small_050", text_encoder=tiny_bert, text_max_length=8, fusion=fusion,
-                          fusion_dim=16, cross_attention_heads=2)
+        cfg = ModelConfig(backbone="mobilenetv3_small_050", text_encoder=tiny_text_encoder, text_max_length=8,
+                          fusion=fusion, fusion_dim=16, cross_attention_heads=2)
         model = create_model(cfg, 3, 1, [])
         out = model(torch.randn(2, 3, 64, 64), torch.randint(1000, 2000, (2, 8)), torch.ones(2, 8, dtype=torch.long),
                     torch.randn(2, 1), torch.zeros(2, 0, dtype=torch.long))

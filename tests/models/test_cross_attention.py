@@ -35,8 +35,8 @@ FAMILIES = ["test_resnet", "test_vit", "resnet50", "clip", "siglip"]
 
 @pytest.mark.parametrize("direction", ["text_to_image", "both"])
 @pytest.mark.parametrize("backbone", FAMILIES, indirect=True)
-def test_every_backbone_family_trains_every_parameter(backbone, tiny_bert, direction):
-    model = make(backbone, tiny_bert, cross_attention=direction, aux_loss_weight=0.1).train()
+def test_every_backbone_family_trains_every_parameter(backbone, tiny_text_encoder, direction):
+    model = make(backbone, tiny_text_encoder, cross_attention=direction, aux_loss_weight=0.1).train()
     out = model(*inputs())
     assert out.logits.shape == (B, C)
     labels = torch.tensor([0, 2])
@@ -46,8 +46,8 @@ def test_every_backbone_family_trains_every_parameter(backbone, tiny_bert, direc
 
 @pytest.mark.parametrize("direction", ["text_to_image", "both"])
 @pytest.mark.parametrize("backbone", ["test_resnet", "clip"], indirect=True)
-def test_a_masked_modality_contributes_nothing(backbone, tiny_bert, direction):
-    model = make(backbone, tiny_bert, cross_attention=direction).eval()
+def test_a_masked_modality_contributes_nothing(backbone, tiny_text_encoder, direction):
+    model = make(backbone, tiny_text_encoder, cross_attention=direction).eval()
     with torch.no_grad():
         for masked, vary in (("image", dict(image_seed=1)), ("text", dict(text_seed=1))):
             model.mask_modalities = []
@@ -56,8 +56,8 @@ def test_a_masked_modality_contributes_nothing(backbone, tiny_bert, direction):
             torch.testing.assert_close(model(*inputs()).logits, model(*inputs(**vary)).logits)  # ... unless masked
 
 
-def test_padding_tokens_are_ignored(tiny_bert):
-    model = make("test_resnet", tiny_bert, cross_attention="both").eval()
+def test_padding_tokens_are_ignored(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder, cross_attention="both").eval()
     images, ids, mask, numeric, categorical = inputs()
     other = ids.clone()
     other[1, 4:] = 1500  # different token ids under the padding mask
@@ -67,8 +67,8 @@ def test_padding_tokens_are_ignored(tiny_bert):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_modality_dropout_and_bf16(tiny_bert):
-    model = make("test_resnet", tiny_bert, modality_dropout=0.5).train()
+def test_modality_dropout_and_bf16(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder, modality_dropout=0.5).train()
     F.cross_entropy(model(*inputs()).logits, torch.tensor([0, 1])).backward()
     model = model.to(torch.bfloat16).eval()
     images, *rest = inputs()

@@ -38,9 +38,9 @@ def test_retrieval_config_needs_both_towers():
         ModelConfig(task="retrieval", contrastive_loss="sigmoid", hard_negatives="weighted")
 
 
-def test_any_registry_towers_train_every_parameter(tiny_bert):
-    model = make("test_resnet", tiny_bert)
-    assert isinstance(model, DualEncoderModel) and model.tokenizer_name == tiny_bert
+def test_any_registry_towers_train_every_parameter(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder)
+    assert isinstance(model, DualEncoderModel) and model.tokenizer_name == tiny_text_encoder
     model.train()
     out = model(*inputs())
     assert out.image_emb.shape == out.text_emb.shape == (B, 16)
@@ -54,8 +54,8 @@ def test_any_registry_towers_train_every_parameter(tiny_bert):
         torch.testing.assert_close(model.eval().encode_image(inputs()[0]), model(*inputs()).image_emb)
 
 
-def test_param_groups_cover_every_trainable_parameter_once(tiny_bert):
-    model = make("test_resnet", tiny_bert, queue_size=8, momentum=0.9)
+def test_param_groups_cover_every_trainable_parameter_once(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder, queue_size=8, momentum=0.9)
     model.set_frozen(True)
     groups = model.param_groups({"backbone": 0.1})
     seen = [id(p) for g in groups for p in g["params"]]
@@ -67,8 +67,8 @@ def test_param_groups_cover_every_trainable_parameter_once(tiny_bert):
         assert (g["layer_id"] is None) == (g["name"] == "head")
 
 
-def test_frozen_towers_keep_norm_statistics_and_get_no_gradient(tiny_bert):
-    model = make("test_resnet", tiny_bert)
+def test_frozen_towers_keep_norm_statistics_and_get_no_gradient(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder)
     model.set_frozen(True)
     model.train()
     bn = next(m for m in model.image.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -126,8 +126,8 @@ def test_siglip_checkpoint_initialises_scale_and_bias(tiny_siglip_dir):
     assert abs(infonce.contrastive.logit_scale.item() - math.log(1 / 0.07)) < 1e-5
 
 
-def test_loss_reads_hard_negative_settings_at_call_time(tiny_bert):
-    model = make("test_resnet", tiny_bert).eval()
+def test_loss_reads_hard_negative_settings_at_call_time(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder).eval()
     with torch.no_grad():
         out = model(*inputs())
         plain = model.loss(out)[0]
@@ -141,8 +141,8 @@ def test_loss_reads_hard_negative_settings_at_call_time(tiny_bert):
     assert not torch.allclose(plain, weighted)
 
 
-def test_queue_fills_with_the_batch_in_training_only(tiny_bert):
-    model = make("test_resnet", tiny_bert, queue_size=6)
+def test_queue_fills_with_the_batch_in_training_only(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder, queue_size=6)
     model.eval()
     with torch.no_grad():
         model.loss(model(*inputs()))
@@ -157,13 +157,13 @@ def test_queue_fills_with_the_batch_in_training_only(tiny_bert):
     assert int(model.queue.count) == 6 and int(model.queue.ptr) == 2
     state = model.state_dict()
     assert {"queue.image", "queue.text", "queue.ptr", "queue.count"} <= set(state)
-    resumed = make("test_resnet", tiny_bert, queue_size=6)
+    resumed = make("test_resnet", tiny_text_encoder, queue_size=6)
     resumed.load_state_dict(state)
     assert torch.equal(resumed.queue.image, model.queue.image) and int(resumed.queue.ptr) == 2
 
 
-def test_momentum_towers_fill_the_queue_and_follow_the_trained_ones(tiny_bert):
-    model = make("test_resnet", tiny_bert, queue_size=8, momentum=0.5)
+def test_momentum_towers_fill_the_queue_and_follow_the_trained_ones(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder, queue_size=8, momentum=0.5)
     assert not any(p.requires_grad for p in model.momentum_towers.parameters())
     model.train()
     assert not model.momentum_towers.training
@@ -187,8 +187,8 @@ def test_momentum_towers_fill_the_queue_and_follow_the_trained_ones(tiny_bert):
         torch.testing.assert_close(m, 0.5 * o + 0.5 * p)
 
 
-def test_momentum_update_accumulates_in_fp32_for_bf16_weights(tiny_bert):
-    model = make("test_resnet", tiny_bert, queue_size=8, momentum=0.995).to(torch.bfloat16)
+def test_momentum_update_accumulates_in_fp32_for_bf16_weights(tiny_text_encoder):
+    model = make("test_resnet", tiny_text_encoder, queue_size=8, momentum=0.995).to(torch.bfloat16)
     target = model.contrastive.image.weight
     slow = model.momentum_towers["contrastive"].image.weight
     start = slow.float().clone()

@@ -11,8 +11,9 @@ from engine.models.contrastive import info_nce
 B, L, C, NUM, CARDS = 4, 8, 3, 4, [3, 5]
 
 
-def make(tiny_bert, **overrides):
-    cfg = dict(backbone="test_resnet", text_encoder=tiny_bert, text_max_length=L, fusion_dim=16, tabular_hidden=8, dropout=0.0)
+def make(tiny_text_encoder, **overrides):
+    cfg = dict(backbone="test_resnet", text_encoder=tiny_text_encoder, text_max_length=L, fusion_dim=16, tabular_hidden=8,
+               dropout=0.0)
     cfg.update(overrides)
     torch.manual_seed(0)
     return create_model(ModelConfig(**cfg), C, NUM, CARDS)
@@ -41,8 +42,8 @@ def params_without_grad(model):
 
 
 @pytest.mark.parametrize("fusion", sorted(FUSERS))
-def test_each_fusion_mode_trains_every_parameter(tiny_bert, fusion):
-    model = make(tiny_bert, fusion=fusion, aux_loss_weight=0.3, contrastive_weight=0.1)
+def test_each_fusion_mode_trains_every_parameter(tiny_text_encoder, fusion):
+    model = make(tiny_text_encoder, fusion=fusion, aux_loss_weight=0.3, contrastive_weight=0.1)
     out = train_step(model)
     assert out.logits.shape == (B, C)
     assert set(out.aux_logits) == {"image", "text", "tabular"}
@@ -52,18 +53,18 @@ def test_each_fusion_mode_trains_every_parameter(tiny_bert, fusion):
 
 
 @pytest.mark.parametrize("only", ["image", "text", "tabular"])
-def test_single_modality_models_from_the_same_code(tiny_bert, only):
+def test_single_modality_models_from_the_same_code(tiny_text_encoder, only):
     model = make(
-        tiny_bert, fusion="gated", backbone="test_resnet" if only == "image" else None,
-        text_encoder=tiny_bert if only == "text" else None, use_tabular=only == "tabular",
+        tiny_text_encoder, fusion="gated", backbone="test_resnet" if only == "image" else None,
+        text_encoder=tiny_text_encoder if only == "text" else None, use_tabular=only == "tabular",
     )
     assert model.modalities == [only]
     train_step(model)
     assert params_without_grad(model) == []
 
 
-def test_modality_dropout_keeps_every_gradient_and_one_modality(tiny_bert):
-    model = make(tiny_bert, fusion="weighted_sum", use_tabular=False, modality_dropout=0.9).train()
+def test_modality_dropout_keeps_every_gradient_and_one_modality(tiny_text_encoder):
+    model = make(tiny_text_encoder, fusion="weighted_sum", use_tabular=False, modality_dropout=0.9).train()
     train_step(model)
     assert params_without_grad(model) == []
     mask = model.modality_mask(1000, torch.device("cpu"), torch.float32)
@@ -72,8 +73,8 @@ def test_modality_dropout_keeps_every_gradient_and_one_modality(tiny_bert):
 
 
 @pytest.mark.parametrize("fusion", sorted(FUSERS))
-def test_masked_text_at_evaluation_ignores_the_text(tiny_bert, fusion):
-    model = make(tiny_bert, fusion=fusion).eval()
+def test_masked_text_at_evaluation_ignores_the_text(tiny_text_encoder, fusion):
+    model = make(tiny_text_encoder, fusion=fusion).eval()
     with torch.no_grad():
         a = model(*inputs(text_seed=1)).logits
         b = model(*inputs(text_seed=2)).logits
@@ -84,14 +85,14 @@ def test_masked_text_at_evaluation_ignores_the_text(tiny_bert, fusion):
     torch.testing.assert_close(a, b)  # ... unless it is masked
 
 
-def test_mask_modalities_from_config_only_at_evaluation(tiny_bert):
-    model = make(tiny_bert, mask_modalities=["image"])
+def test_mask_modalities_from_config_only_at_evaluation(tiny_text_encoder):
+    model = make(tiny_text_encoder, mask_modalities=["image"])
     assert model.train().modality_mask(2, torch.device("cpu"), torch.float32).all()
     assert model.eval().modality_mask(2, torch.device("cpu"), torch.float32)[:, 0].eq(0).all()
 
 
-def test_set_frozen_freezes_encoders_and_keeps_bn_in_eval(tiny_bert):
-    model = make(tiny_bert)
+def test_set_frozen_freezes_encoders_and_keeps_bn_in_eval(tiny_text_encoder):
+    model = make(tiny_text_encoder)
     model.set_frozen(True)
     model.train()
     bns = [m for m in model.image.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -108,8 +109,8 @@ def test_set_frozen_freezes_encoders_and_keeps_bn_in_eval(tiny_bert):
 
 
 @pytest.mark.parametrize("fusion", sorted(FUSERS))
-def test_param_groups_cover_every_parameter_once(tiny_bert, fusion):
-    model = make(tiny_bert, fusion=fusion, aux_loss_weight=0.1, contrastive_weight=0.1)
+def test_param_groups_cover_every_parameter_once(tiny_text_encoder, fusion):
+    model = make(tiny_text_encoder, fusion=fusion, aux_loss_weight=0.1, contrastive_weight=0.1)
     model.set_frozen(True)  # frozen parameters still get a group: they are trained after unfreezing
     groups = model.param_groups({"backbone": 0.1, "text": 0.5})
     seen = [id(p) for g in groups for p in g["params"]]
@@ -125,10 +126,10 @@ def test_param_groups_cover_every_parameter_once(tiny_bert, fusion):
     assert len({g["layer_id"] for g in groups if g["name"] == "text"}) == 3
 
 
-def test_auxiliary_losses_are_weighted_and_take_soft_labels(tiny_bert):
-    model = make(tiny_bert)
+def test_auxiliary_losses_are_weighted_and_take_soft_labels(tiny_text_encoder):
+    model = make(tiny_text_encoder)
     assert model.auxiliary_losses(model(*inputs()), torch.tensor([0, 1, 2, 0])) == {}
-    model = make(tiny_bert, aux_loss_weight=0.5, contrastive_weight=0.2).eval()
+    model = make(tiny_text_encoder, aux_loss_weight=0.5, contrastive_weight=0.2).eval()
     labels = torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         out = model(*inputs())
@@ -163,8 +164,8 @@ def test_info_nce_sane():
     assert losses[-1] < losses[0] - 0.5
 
 
-def test_grad_checkpointing_gives_same_gradients(tiny_bert):
-    plain = make(tiny_bert, fusion="gated")  # torchvision resnet50 is covered in test_backbones
+def test_grad_checkpointing_gives_same_gradients(tiny_text_encoder):
+    plain = make(tiny_text_encoder, fusion="gated")  # torchvision resnet50 is covered in test_backbones
     checkpointed = copy.deepcopy(plain)
     checkpointed.set_grad_checkpointing(True)
     assert checkpointed.image.grad_checkpointing
@@ -176,20 +177,20 @@ def test_grad_checkpointing_gives_same_gradients(tiny_bert):
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_bf16_model_fuses_in_bf16(tiny_bert):
-    model = make(tiny_bert, backbone=None, fusion="gated").to(torch.bfloat16).eval()
+def test_bf16_model_fuses_in_bf16(tiny_text_encoder):
+    model = make(tiny_text_encoder, backbone=None, fusion="gated").to(torch.bfloat16).eval()
     with torch.no_grad():
         out = model(*inputs())
     assert out.logits.dtype == torch.bfloat16 and out.logits.shape == (B, C)
 
 
-def test_tokenizer_name_points_at_the_encoder(tiny_bert):
-    assert make(tiny_bert).tokenizer_name == tiny_bert
-    assert make(tiny_bert, text_encoder=None).tokenizer_name is None
+def test_tokenizer_name_points_at_the_encoder(tiny_text_encoder):
+    assert make(tiny_text_encoder).tokenizer_name == tiny_text_encoder
+    assert make(tiny_text_encoder, text_encoder=None).tokenizer_name is None
 
 
-def test_sigmoid_gates_mask_and_train(tiny_bert):
-    model = make(tiny_bert, fusion="gated", gate="sigmoid", mask_modalities=["text"])
+def test_sigmoid_gates_mask_and_train(tiny_text_encoder):
+    model = make(tiny_text_encoder, fusion="gated", gate="sigmoid", mask_modalities=["text"])
     train_step(model)
     assert params_without_grad(model) == []
     with torch.no_grad():

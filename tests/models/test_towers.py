@@ -48,9 +48,9 @@ def test_vision_only_folder_loads(tower_dir, tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_checkpoint_without_vision_tower_is_refused(tiny_bert):
+def test_checkpoint_without_vision_tower_is_refused(tiny_text_encoder):
     with pytest.raises(ValueError, match="'bert' checkpoint without a vision tower"):
-        create_backbone(tiny_bert)
+        create_backbone(tiny_text_encoder)
 
 
 @pytest.mark.parametrize("name", ["openai/clip-vit-base-patch32", "google/medsiglip-448"])
