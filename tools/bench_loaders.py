@@ -136,21 +136,28 @@ def bench_cache_jpeg(cfg, ctx, args) -> float:
 
 
 def synthetic_cache(cfg, ctx, folder: Path, n: int, size: int):
-    """A cache of ``n`` records at ``size`` in the real format: demo images decoded once, replicated."""
+    """A cache of ``n`` records at ``size`` in the real format: demo images decoded once, replicated, sealed by
+    the writer (``writer.seal_records``: the fields, checksums, rejects and metadata every cache has). Its key is
+    the train split's with ``rows_sha``/``images_sha`` "synthetic": no run's cache or selection takes it for its own."""
+    import dataclasses
+
     from engine.data.cache import CacheReader
     from engine.data.cache import format as fmt
     from engine.data.cache.decode import decode_resized
+    from engine.data.cache.writer import seal_records
 
     if (folder / fmt.METADATA).is_file() and json.loads((folder / fmt.METADATA).read_text())["count"] == n:
         return CacheReader(folder)
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    partial = folder.with_name(folder.name + fmt.PARTIAL_SUFFIX)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     data = ctx.split("train")
     base = np.stack([decode_resized(p, size, cfg.cache.resize_policy, cfg.cache.draft) for p in data.paths[:64]])
     stride = fmt.record_stride(size)
-    with open(folder / fmt.IMAGES, "wb") as f:
+    with open(partial / fmt.IMAGES, "wb") as f:
         f.truncate(n * stride)
-    mm, view = fmt.open_records(folder / fmt.IMAGES, n, stride, writable=True)
+    mm, view = fmt.open_records(partial / fmt.IMAGES, n, stride, writable=True)
     src = np.arange(n) % len(base)
     for a in range(0, n, 1024):  # in chunks: one fancy-indexed copy of a cache larger than memory would not fit
         view[a : a + 1024, : fmt.record_bytes(size)] = base.reshape(len(base), -1)[src[a : a + 1024]]
@@ -158,13 +165,13 @@ def synthetic_cache(cfg, ctx, folder: Path, n: int, size: int):
     sums = np.array([fmt.checksum(view[i, : fmt.record_bytes(size)]) for i in range(min(n, len(base)))], np.uint32)[src]
     del view
     mm.close()  # drop the writer's mapping so RSS below measures the loader alone
-    for name, dtype in fmt.FIELDS.items():
-        np.save(folder / f"{name}.npy", np.ascontiguousarray(getattr(data, name)[src % len(data)], dtype=dtype))
-    np.save(folder / fmt.CHECKSUMS, sums)
-    np.save(folder / fmt.GOOD, np.arange(n, dtype=np.int64))
-    (folder / fmt.REJECTS).write_text("record,row,path,reason\n")
-    meta = {"key": {"synthetic": True}, "count": n, "good": n, "stride": stride, "shape": [size, size, 3]}
-    (folder / fmt.METADATA).write_text(json.dumps(meta))
+    rows = src % len(data)
+    replicated = dataclasses.replace(data, paths=[data.paths[i] for i in rows], **{
+        f.name: getattr(data, f.name)[rows] for f in dataclasses.fields(data)
+        if isinstance(getattr(data, f.name), np.ndarray)})
+    key = dataclasses.replace(fmt.cache_key(cfg, ctx, "train"), rows_sha="synthetic", images_sha="synthetic",
+                              stored_size=size)
+    seal_records(partial, folder, key, replicated, size, sums, [], fingerprint="")
     return CacheReader(folder)
 
 

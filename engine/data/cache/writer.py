@@ -440,7 +440,7 @@ def _finish(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, n_ch
         shutil.rmtree(partial / fmt.CHUNKS)  # records do not match what the workers wrote: rebuild from scratch
         (partial / fmt.CHUNKS).mkdir()
         raise fmt.CacheError(f"{partial}: {len(bad)} records changed after they were written (first: {bad[:5]}); rerun to rebuild")
-    return _seal(partial, final, key, data, size, sums, rejects, fingerprint)
+    return seal_records(partial, final, key, data, size, sums, rejects, fingerprint)
 
 
 def verify_encoded(path: Path, offsets: np.ndarray, sums: np.ndarray) -> list[int]:
@@ -496,14 +496,16 @@ def _reuse_pixels(source: Path, partial: Path, final: Path, key: fmt.CacheKey, d
             os.link(source / name, partial / name)  # finished caches are read-only: sharing the inode is safe
         except OSError:  # another file system, or no hard links there
             shutil.copyfile(source / name, partial / name)
-    summary = _seal(partial, final, key, data, size, sums, rejects, fingerprint, pixels_from=source.name)
+    summary = seal_records(partial, final, key, data, size, sums, rejects, fingerprint, pixels_from=source.name)
     summary.pixels_from = source
     return summary
 
 
-def _seal(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: np.ndarray, rejects: list[dict],
-          fingerprint: str, pixels_from: Optional[str] = None) -> BuildSummary:
-    """Write the per-record fields, checksums, good records, rejects and metadata; rename to ``final``."""
+def seal_records(partial: Path, final: Path, key: fmt.CacheKey, data, size: int, sums: np.ndarray, rejects: list[dict],
+                 fingerprint: str, pixels_from: Optional[str] = None) -> BuildSummary:
+    """Write the per-record fields, checksums, good records, rejects and metadata; rename to ``final``. ``partial``
+    holds the records already (``format.pixel_files``); every cache is sealed here, the benchmark's synthetic one
+    too (tools/bench_loaders.py), so no folder's metadata drifts from the format."""
     n, stride = len(data), fmt.record_stride(size)
     good = np.setdiff1d(np.arange(n, dtype=np.int64), [r["record"] for r in rejects])  # sorted, like the records
     fields = record_fields(data)
