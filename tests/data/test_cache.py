@@ -92,28 +92,41 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_resume_after_sigkill_is_byte_identical(dataset, tmp_path):
-    tool = [sys.executable, str(REPO / "tools/build_cache.py"), "--no-progress", "--config"]
+def sigkill_mid_build(tool: list[str], dataset: Path, tmp_path: Path, seconds: float) -> tuple[Path, dict]:
+    """Start ``tool`` (tools/build_cache.py ... --config) on a recipe building into tmp_path/killed, SIGKILL it
+    once two chunks are done; the partial folder it leaves and the environment to rerun it with."""
     env = dict(os.environ, ENGINE_CACHE_CHUNK_DELAY="0.4", HF_HUB_OFFLINE="1")
     killed = _write_recipe(tmp_path / "killed.yaml", dataset, tmp_path / "killed")
     proc = subprocess.Popen(tool + [str(killed)], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
+    deadline = time.time() + seconds
     while time.time() < deadline and len(list((tmp_path / "killed").glob("*.partial/chunks/*.json"))) < 2:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = list((tmp_path / "killed").glob("*.partial"))
     assert partial and len(list(partial[0].glob("chunks/*.json"))) < 6, "the kill must land mid-build"
+    env.pop("ENGINE_CACHE_CHUNK_DELAY")
+    return partial[0], env
+
+
+def resume_and_build_whole(tool: list[str], dataset: Path, tmp_path: Path, env: dict) -> tuple[Path, Path]:
+    """Rerun the killed build (sigkill_mid_build) to its end and build the same recipe afresh into tmp_path/whole."""
+    subprocess.run(tool + [str(tmp_path / "killed.yaml")], cwd=REPO, env=env, check=True, capture_output=True)
+    whole = _write_recipe(tmp_path / "whole.yaml", dataset, tmp_path / "whole")
+    subprocess.run(tool + [str(whole)], cwd=REPO, env=env, check=True, capture_output=True)
+    (a,), (b,) = list((tmp_path / "killed").iterdir()), list((tmp_path / "whole").iterdir())
+    return a, b
+
+
+def test_resume_after_sigkill_is_byte_identical(dataset, tmp_path):
+    tool = [sys.executable, str(REPO / "tools/build_cache.py"), "--no-progress", "--config"]
+    _, env = sigkill_mid_build(tool, dataset, tmp_path, seconds=30)
     cfg = make_cfg(dataset, tmp_path / "killed", "--cache.stored_size=32", "--cache.splits=[train]")
     with pytest.raises(CacheError, match="partly built.*build_cache.py"):
         open_cache(cfg, make_ctx(cfg), "train")
 
-    env.pop("ENGINE_CACHE_CHUNK_DELAY")
-    subprocess.run(tool + [str(killed)], cwd=REPO, env=env, check=True, capture_output=True)
-    whole = _write_recipe(tmp_path / "whole.yaml", dataset, tmp_path / "whole")
-    subprocess.run(tool + [str(whole)], cwd=REPO, env=env, check=True, capture_output=True)
-    (a,), (b,) = list((tmp_path / "killed").iterdir()), list((tmp_path / "whole").iterdir())
+    a, b = resume_and_build_whole(tool, dataset, tmp_path, env)
     assert a.name == b.name and not a.name.endswith(".partial")
     assert _tree_bytes(a) == _tree_bytes(b)
 

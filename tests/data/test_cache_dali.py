@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,8 @@ from engine import hardware
 from engine.data.cache import build_cache, open_cache
 from engine.data.cache.decode_dali import TOLERANCE, DaliDecoder
 from tests.data.conftest import make_cfg, make_ctx, write_dataset
-from tests.data.test_cache import REPO, _bad_files, _solid_jpeg_cmyk, _tree_bytes, _write_recipe
+from tests.data.test_cache import (REPO, _bad_files, _solid_jpeg_cmyk, _tree_bytes, resume_and_build_whole,
+                                   sigkill_mid_build)
 
 pytest.importorskip("nvidia.dali")
 
@@ -94,23 +91,9 @@ def test_dali_rejects_report_is_the_pil_paths(tmp_path):
 
 def test_dali_build_resumes_byte_identically_after_sigkill(dataset, tmp_path):
     tool = [sys.executable, str(REPO / "tools/build_cache.py"), "--no-progress", "--cache.decoder=dali", "--config"]
-    env = dict(os.environ, ENGINE_CACHE_CHUNK_DELAY="0.4", HF_HUB_OFFLINE="1")
-    killed = _write_recipe(tmp_path / "killed.yaml", dataset, tmp_path / "killed")
-    proc = subprocess.Popen(tool + [str(killed)], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list((tmp_path / "killed").glob("*.partial/chunks/*.json"))) < 2:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = list((tmp_path / "killed").glob("*.partial"))
-    assert partial and len(list(partial[0].glob("chunks/*.json"))) < 6, "the kill must land mid-build"
-    assert json.loads((partial[0] / "key.json").read_text())["decoder"] == "dali-cpu"
-    env.pop("ENGINE_CACHE_CHUNK_DELAY")
-    subprocess.run(tool + [str(killed)], cwd=REPO, env=env, check=True, capture_output=True)
-    whole = _write_recipe(tmp_path / "whole.yaml", dataset, tmp_path / "whole")
-    subprocess.run(tool + [str(whole)], cwd=REPO, env=env, check=True, capture_output=True)
-    (a,), (b,) = list((tmp_path / "killed").iterdir()), list((tmp_path / "whole").iterdir())
+    partial, env = sigkill_mid_build(tool, dataset, tmp_path, seconds=60)
+    assert json.loads((partial / "key.json").read_text())["decoder"] == "dali-cpu"
+    a, b = resume_and_build_whole(tool, dataset, tmp_path, env)
     assert a.name == b.name and _tree_bytes(a) == _tree_bytes(b)
 
 

@@ -12,6 +12,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
