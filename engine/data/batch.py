@@ -48,10 +48,6 @@ class Batch:
         return replace(self, **{f.name: _apply(getattr(self, f.name), lambda t: t.to(device, non_blocking=non_blocking))
                                 for f in fields(self)})
 
-    def narrow(self, n: int) -> "Batch":
-        """The first ``n`` samples (drop the padding of a last evaluation batch)."""
-        return replace(self, **{f.name: _apply(getattr(self, f.name), lambda t: t[:n]) for f in fields(self)})
-
     @staticmethod
     def collate(samples: list[dict]) -> "Batch":
         """Stack per-sample dicts (keys = field names; a None value or a missing key leaves the field None)."""
