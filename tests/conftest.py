@@ -85,3 +85,21 @@ def tiny_clip_dir(tmp_path_factory) -> str:
 def tiny_siglip_dir(tmp_path_factory) -> str:
     """A tiny random SigLIP checkpoint folder (both towers, joint size 32, logit scale 2, bias -5, MiniLM's tokenizer)."""
     return _save_tiny_dual_encoder(tmp_path_factory.mktemp("tiny_siglip"), "siglip")
+
+
+def aux_losses(model, out, labels, **train):
+    """A fusion model's auxiliary terms as a training step computes them, under the model's settings (and ``train``)."""
+    from engine.config import Config
+    from engine.training.config import TrainConfig
+    from engine.training.losses import auxiliary_losses
+
+    return auxiliary_losses(out, labels, Config(model=model.cfg, train=TrainConfig(**train)))
+
+
+def dual_loss(model, out, model_cfg=None):
+    """A dual encoder's (total, parts) as a training step computes them, under ``model_cfg`` (a stage's) or its own."""
+    from engine.config import Config
+    from engine.training.config import EvalConfig
+    from engine.training.losses import training_loss
+
+    return training_loss(model, out, None, Config(model=model_cfg or model.cfg, eval=EvalConfig(metric="val_rsum")))

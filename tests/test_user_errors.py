@@ -80,10 +80,10 @@ def _build(*extra, manifest_key: str | None = None):
 
 def _nan_loss(x, monkeypatch):
     from engine.train import main
-    from engine.training import loop
+    from engine.training import step
 
-    real = loop.training_loss
-    monkeypatch.setattr(loop, "training_loss", lambda *a, **k: (lambda l, p: (l * float("nan"), p))(*real(*a, **k)))
+    real = step.training_loss
+    monkeypatch.setattr(step, "training_loss", lambda *a, **k: (lambda l, p: (l * float("nan"), p))(*real(*a, **k)))
     return main(["--config", DEMO, *x["tiny"], "--run.name=nan"])
 
 

@@ -1,15 +1,12 @@
-"""Image-text alignment: projections, a learnable temperature (and bias), InfoNCE, the SigLIP sigmoid loss,
-a queue of past embeddings and hard-negative weighting.
+"""Image-text alignment parts of a model: projections with a learnable temperature (and bias), a queue of past
+embeddings, and the gathers that make the negatives the global batch.
 
-The losses are pure functions of embeddings and settings. In distributed runs the
-negatives are the whole global batch: embeddings are gathered from every rank
-with a ``torch.distributed`` all_gather that passes gradients back (never
-DeepSpeed), so a rank's loss also sends gradient to the other ranks' embeddings
-(they sit in its softmax denominators / its pairs). Every rank computes the loss
-of its own rows, scaled so that the rank-averaged gradients (what DeepSpeed
-applies) equal those of the loss over the global batch, also with unequal batch
-sizes. (Gathering the other ranks' rows detached, as a first version did, loses
-that denominator gradient: 28% off on 2 ranks in a test.)
+The contrastive losses themselves (InfoNCE, SigLIP's sigmoid loss, hard negatives) live with every other loss in
+``engine/training/losses.py``. In distributed runs their negatives are the whole global batch: ``gather_with_grad``
+collects every rank's embeddings with a ``torch.distributed`` all_gather that passes gradients back (never
+DeepSpeed), so a rank's loss also sends gradient to the other ranks' embeddings (they sit in its softmax
+denominators / its pairs). (Gathering the other ranks' rows detached, as a first version did, loses that
+denominator gradient: 28% off on 2 ranks in a test.)
 """
 from __future__ import annotations
 
@@ -141,96 +138,3 @@ def gather_detached(x: torch.Tensor) -> torch.Tensor:
     """All ranks' rows [sum_r B_r, ...] without gradient (what the queue stores); ``x`` itself without a group."""
     with torch.no_grad():
         return gather_with_grad(x.detach())[0]
-
-
-def info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-             queue_image: Optional[torch.Tensor] = None, queue_text: Optional[torch.Tensor] = None,
-             hard_negatives: str = "none", beta: float = 1.0, tau_plus: float = 0.0) -> torch.Tensor:
-    """Symmetric InfoNCE of matching rows (in-batch negatives, global batch when distributed), in fp32.
-
-    ``image`` and ``text`` are L2-normalised [B, D]; the loss is about log(global B) for unrelated
-    embeddings and goes to zero when each image is closest to its own text. ``queue_text`` / ``queue_image``
-    [K, D] add negatives: image->text logits run over [batch texts; queued texts], text->image likewise.
-    ``hard_negatives``: "none", "weighted" (Robinson et al. 2021, ``beta``/``tau_plus``; beta = tau_plus = 0 is
-    plain InfoNCE) or "semihard" (per row, the most similar negative less similar than the positive; the least
-    similar negative when there is none, as TensorFlow's semi-hard triplet loss). Distributed, this rank's rows'
-    sum is scaled by world / global B: averaged over ranks, that is the global batch's mean.
-    """
-    all_image, offset, world = gather_with_grad(image)
-    all_text, _, _ = gather_with_grad(text)
-    targets = torch.arange(image.shape[0], device=image.device) + offset
-    scale = logit_scale.float()
-    total = 0.0
-    for rows, columns, queue in ((image, all_text, queue_text), (text, all_image, queue_image)):
-        if queue is not None and queue.shape[0]:
-            columns = torch.cat([columns, queue.to(columns.dtype)])
-        logits = scale * (rows.float() @ columns.float().T)
-        total = total + _row_losses(logits, targets, scale, hard_negatives, beta, tau_plus).sum()
-    return total * (world / all_image.shape[0]) / 2
-
-
-def _row_losses(logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, hard_negatives: str,
-                beta: float, tau_plus: float) -> torch.Tensor:
-    """Per-row loss [b] of logits [b, N] whose positive sits in column ``targets``."""
-    if hard_negatives == "none":
-        return F.cross_entropy(logits, targets, reduction="none")
-    positive = logits.gather(1, targets[:, None]).squeeze(1)
-    is_positive = F.one_hot(targets, logits.shape[1]).bool()
-    if hard_negatives == "semihard":
-        with torch.no_grad():
-            candidates = (logits < positive[:, None]) & ~is_positive
-            hardest = logits.masked_fill(~candidates, -math.inf).argmax(1)
-            easiest = logits.masked_fill(is_positive, math.inf).argmin(1)
-            chosen = torch.where(candidates.any(1), hardest, easiest)
-        return F.softplus(logits.gather(1, chosen[:, None]).squeeze(1) - positive)
-    if hard_negatives != "weighted":
-        raise ValueError(f"model.hard_negatives={hard_negatives!r} is not one of ['none', 'weighted', 'semihard']")
-    # Robinson et al. 2021, eq. of their code, in log space (exp(logit) overflows at scale 100):
-    # imp = exp(beta * l) / mean(exp(beta * l)); Ng = (sum(imp * exp(l)) - tau_plus * n * exp(l+)) / (1 - tau_plus),
-    # clamped below at n * exp(-scale) (every negative at cosine -1); loss = -log(exp(l+) / (exp(l+) + Ng)).
-    n = logits.shape[1] - 1
-    negatives = logits.masked_fill(is_positive, -math.inf)
-    log_weights = F.log_softmax((beta * logits).masked_fill(is_positive, -math.inf), dim=1) + math.log(n)  # mean(imp) = 1
-    log_reweighted = torch.logsumexp(log_weights + negatives, dim=1)
-    floor = math.log(n) - scale
-    if tau_plus:
-        log_debias = math.log(tau_plus * n) + positive
-        gap = (log_debias - log_reweighted).clamp(max=-1e-6)  # keeps the unused branch finite (no NaN gradients)
-        log_ng = torch.where(log_debias - log_reweighted < -1e-6,
-                             log_reweighted + torch.log1p(-gap.exp()) - math.log(1 - tau_plus), torch.full_like(positive, -math.inf))
-    else:
-        log_ng = log_reweighted
-    log_ng = torch.maximum(log_ng, floor.expand_as(log_ng))
-    return torch.logaddexp(positive, log_ng) - positive
-
-
-def sigmoid_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
-                 queue_image: Optional[torch.Tensor] = None, queue_text: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), in fp32: -1/|B| sum_ij log sigmoid(z_ij (t x_i.y_j + b)),
-    z = 1 for matching pairs, -1 otherwise, over the global batch when distributed.
-
-    Each rank takes the pairs of its own images with every rank's texts (each pair once over the ranks), scaled
-    by world / global B, so the rank average is the global batch's loss, gradients included. Queued embeddings
-    [K, D] are negatives of every image (``queue_text``) and of every text (``queue_image``).
-    """
-    all_text, offset, world = gather_with_grad(text)
-    scale, bias = logit_scale.float(), logit_bias.float()
-    logits = scale * (image.float() @ all_text.float().T) + bias
-    signs = -torch.ones_like(logits)
-    signs[torch.arange(image.shape[0], device=image.device), torch.arange(image.shape[0], device=image.device) + offset] = 1
-    total = -F.logsigmoid(signs * logits).sum()
-    for rows, queue in ((image, queue_text), (text, queue_image)):
-        if queue is not None and queue.shape[0]:
-            total = total - F.logsigmoid(-(scale * (rows.float() @ queue.float().T) + bias)).sum()
-    return total * (world / all_text.shape[0])
-
-
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                     logit_bias: Optional[torch.Tensor], cfg, queue_image: Optional[torch.Tensor] = None,
-                     queue_text: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The loss ``cfg`` (a ModelConfig) asks for, its keys read now: a training stage may have changed them."""
-    cfg.check_hard_negatives()
-    if cfg.contrastive_loss == "sigmoid":
-        return sigmoid_loss(image, text, logit_scale, logit_bias, queue_image, queue_text)
-    return info_nce(image, text, logit_scale, queue_image, queue_text, cfg.hard_negatives,
-                    cfg.hard_negative_beta, cfg.hard_negative_tau_plus)

@@ -1,5 +1,5 @@
 """The image-text dual encoder (``model.task: retrieval``): two towers, projections to a joint space, a
-contrastive loss.
+learnable temperature; its loss is ``engine.training.losses.retrieval_loss``.
 
 Any backbone and text encoder of the registries work, CLIP/SigLIP towers included. When both towers come
 from the same CLIP or SigLIP checkpoint and ``model.contrastive_dim`` is its joint size, the projections, the
@@ -23,7 +23,7 @@ from torch import nn
 from engine.models._encoders import EncoderStages
 from engine.models.backbones import create_backbone, resolve_backbone
 from engine.models.config import ModelConfig
-from engine.models.contrastive import ContrastiveHead, EmbeddingQueue, contrastive_loss, gather_detached
+from engine.models.contrastive import ContrastiveHead, EmbeddingQueue
 from engine.models.text import TextEncoder
 
 # Top-level submodule -> param group name (the names FusionModel.param_groups uses; engine.training.optim).
@@ -150,19 +150,6 @@ class DualEncoderModel(EncoderStages):
             else:
                 out.queued_image, out.queued_text = out.image_emb.detach(), out.text_emb.detach()
         return out
-
-    def loss(self, out: DualOutput, cfg: Optional[ModelConfig] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total, parts) in fp32: the contrastive loss of ``model.contrastive_loss`` / ``hard_negatives`` with the
-        queue's negatives; in training the global batch is then queued. Loss keys are read at this call, from
-        ``cfg`` (a stage's model config with its overrides) or else ``self.cfg``."""
-        queue_image = queue_text = None
-        if hasattr(self, "queue"):
-            queue_image, queue_text = self.queue.negatives()
-        loss = contrastive_loss(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias, cfg or self.cfg,
-                                queue_image, queue_text)
-        if out.queued_image is not None:
-            self.queue.enqueue(gather_detached(out.queued_image), gather_detached(out.queued_text))
-        return loss, {"contrastive": loss}
 
     @torch.no_grad()
     def momentum_update(self) -> None:

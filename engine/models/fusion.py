@@ -17,7 +17,7 @@ from torch import nn
 from engine.models._encoders import EncoderStages
 from engine.models.backbones import backbone_token_dim, backbone_tokens, create_backbone
 from engine.models.config import ModelConfig
-from engine.models.contrastive import ContrastiveHead, contrastive_loss
+from engine.models.contrastive import ContrastiveHead
 from engine.models.fusers import create_fuser
 from engine.models.tabular import TabularMLP
 from engine.models.text import TextEncoder
@@ -35,11 +35,6 @@ class FusionOutput:
 
 # Top-level submodule -> param group name (see FusionModel.param_groups).
 _GROUP_OF = {"image": "backbone", "text": "text", "tabular": "tabular", "fuser": "fusion", "contrastive": "fusion", "head": "head", "aux_heads": "head"}
-
-
-def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with class indices [B] or class probabilities [B, C] (mixup / cutmix)."""
-    return F.cross_entropy(logits.float(), labels.float() if labels.is_floating_point() else labels)
 
 
 class FusionModel(EncoderStages):
@@ -146,25 +141,6 @@ class FusionModel(EncoderStages):
             out.logit_bias = self.contrastive.bias()
             out.embeddings = {"image": image, "text": text}
         return out
-
-    def auxiliary_losses(self, out: FusionOutput, labels: torch.Tensor, cfg: Optional[ModelConfig] = None) -> dict[str, torch.Tensor]:
-        """Already-weighted scalar losses to add to the classification loss.
-
-        ``aux_<modality>``: cross-entropy of each auxiliary head x aux_loss_weight (each, not averaged);
-        ``contrastive``: image-text contrastive loss (model.contrastive_loss, hard_negatives) x contrastive_weight.
-        Labels are class indices [B] or probabilities [B, C]. Empty when both weights are 0. Weights and loss keys
-        are read now, from ``cfg`` (a stage's model config with its overrides) or else ``self.cfg``; a head the
-        model was built without (weight 0 at construction) stays off.
-        """
-        losses = {}
-        cfg = cfg or self.cfg
-        if cfg.aux_loss_weight > 0 and out.aux_logits:
-            for m, logits in out.aux_logits.items():
-                losses[f"aux_{m}"] = cfg.aux_loss_weight * soft_cross_entropy(logits, labels)
-        if cfg.contrastive_weight > 0 and out.embeddings:
-            losses["contrastive"] = cfg.contrastive_weight * contrastive_loss(
-                out.embeddings["image"], out.embeddings["text"], out.logit_scale, out.logit_bias, cfg)
-        return losses
 
     # --- training stages -----------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ def model_step_fn(cfg, ctx, device: torch.device, precision: str, channels_last:
     """Model + AdamW + loss as a step callable, and the DevicePipe the training loop uses."""
     from engine.hardware import device_info, fused_adam_available, torch_dtype
     from engine.models import create_model
-    from engine.training.step import DevicePipe, classification_loss
+    from engine.training.losses import classification_loss
+    from engine.training.step import DevicePipe
 
     num_classes = len(ctx.classes)
     model = create_model(cfg.model, num_classes, len(cfg.data.numeric_columns), ctx.tabular.cardinalities).to(device)

@@ -8,7 +8,8 @@ preprocessing, one row per train sample). The student's loss is
 
 with T = ``train.distill_temperature`` softening both distributions (teacher_T = softmax(log p / T), which is
 softmax(teacher logits / T)); T^2 keeps the term's gradient scale independent of T (Hinton et al. 2015).
-Mixup/CutMix are refused with it: a mixed image has no teacher prediction.
+Mixup/CutMix are refused with it: a mixed image has no teacher prediction. The loss term itself is
+``engine.training.losses.distillation_loss``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.errors import ConfigError
 
@@ -63,18 +63,3 @@ def load_teacher(cfg, classes: list[str], train_rows: np.ndarray) -> Optional[Te
     table = torch.zeros(int(max(rows.max(), train_rows.max())) + 1, len(classes), dtype=torch.float32)
     table[torch.from_numpy(rows)] = torch.from_numpy(z["probs"].astype(np.float32))
     return Teacher(table)
-
-
-def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(log p_teacher / T) || softmax(logits / T)), batch mean, fp32."""
-    t = temperature
-    soft = F.softmax(torch.log(teacher_probs.to(logits.device).float().clamp_min(1e-12)) / t, dim=1)
-    return F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean") * t * t
-
-
-def add_distillation(parts: dict[str, torch.Tensor], logits: torch.Tensor, teacher_probs: torch.Tensor,
-                     cfg) -> dict[str, torch.Tensor]:
-    """``parts`` with the classification term scaled by (1 - alpha) and an alpha-weighted ``distill`` term."""
-    alpha = cfg.train.distill_alpha
-    return {**parts, "cls": parts["cls"] * (1 - alpha),
-            "distill": alpha * distillation_loss(logits, teacher_probs, cfg.train.distill_temperature)}

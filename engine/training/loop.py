@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -16,12 +16,12 @@ from engine import hardware
 from engine.config import Config
 from engine.data.dataset import DataContext
 from engine.data.loaders import create_loader
-from engine.errors import ConfigError, UserError
+from engine.errors import ConfigError
 from engine.inference import write_preprocessing
 from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
 from engine.training.console import epoch_line, final_summary
-from engine.training.distill import Teacher, load_teacher
+from engine.training.distill import load_teacher
 from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
                                          restore_buffers)
 from engine.training.metrics import RETRIEVAL_METRICS, classification_metrics
@@ -31,15 +31,11 @@ from engine.training.preflight import check_run
 from engine.training.run_dir import RunDir, provenance
 from engine.training.run_stats import run_statistics
 from engine.training.stages import keep_frozen_norms, stage_config, stage_lr, stage_named, stage_of
-from engine.training.step import DevicePipe, training_loss
+from engine.training.step import DevicePipe, NonFiniteLoss, StepContext, train_step
 from engine.training.wrap import release, wrap_model
 
 
 log = logging.getLogger(__name__)
-
-class NonFiniteLoss(UserError, RuntimeError):
-    """The loss or the weights became non-finite; the last good checkpoint is kept."""
-
 
 class Preempted(Exception):
     """Raised by ``stop_after_*``: stands in for a kill, to test that ``--resume`` continues exactly."""
@@ -109,9 +105,10 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
                 engine = _build_engine(model, cfg, dist, precision, steps_per_epoch, state.stage)
             train_loader.set_epoch(epoch)
             t_epoch = time.perf_counter()  # training + validation: summary.json's wall_time_s sums these
-            train_stats = train_epoch(engine, train_loader, pipe, stage_config(cfg, stage_named(cfg, state.stage)), state,
-                                      dist, epoch, steps_per_epoch, len(ctx.classes),
-                                      weights, monitor, save_last, stop_after_step, teacher)
+            step = StepContext(pipe, stage_config(cfg, stage_named(cfg, state.stage)), len(ctx.classes), dist.rank,
+                               weights, teacher)
+            train_stats = train_epoch(engine, train_loader, EpochContext(step, dist, steps_per_epoch, monitor, save_last,
+                                                                         stop_after_step), state, epoch)
             average_buffers(engine.module)  # one set of BatchNorm statistics for evaluation and the checkpoint
             val = evaluate(engine, val_loader, pipe, ctx, cfg, dist, "val")
             state.epoch = epoch + 1
@@ -133,14 +130,22 @@ def train(cfg: Config, resume: bool = False, stop_after_epoch: Optional[int] = N
     return finish(engine, cfg, ctx, pipe, dist, run, state, monitor)
 
 
-def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState, dist: DistInfo, epoch: int,
-                steps_per_epoch: int, num_classes: int, class_weights=None, monitor: Optional[Monitor] = None,
-                save_last: Optional[Callable[[], None]] = None, stop_after_step: Optional[int] = None,
-                teacher: Optional[Teacher] = None) -> dict:
+@dataclass
+class EpochContext:
+    """What ``train_epoch`` needs besides the engine, the loader, the run's state and the epoch number."""
+    step: StepContext
+    dist: DistInfo
+    steps_per_epoch: int
+    monitor: Optional[Monitor] = None
+    save_last: Optional[Callable[[], None]] = None  # mid-epoch checkpoints (train.checkpoint_every_steps)
+    stop_after_step: Optional[int] = None  # tests: stand in for a kill after this many updates
+
+
+def train_epoch(engine, loader, ctx: EpochContext, state: TrainState, epoch: int) -> dict:
+    cfg, dist = ctx.step.cfg, ctx.dist
     engine.train()
     keep_frozen_norms(engine.module)  # frozen parts' BatchNorm statistics stay fixed
-    skip_nonfinite = pipe.dtype == torch.float16  # fp16: DeepSpeed's loss scaler skips overflowing steps
-    total = steps_per_epoch * cfg.train.grad_accum
+    total = ctx.steps_per_epoch * cfg.train.grad_accum
     start = loader.batches_done  # > 0 when resuming mid-epoch
     losses, seen, wait, step_time, t0 = [], 0, 0.0, 0.0, time.perf_counter()
     bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs} [{state.stage}]",
@@ -149,37 +154,24 @@ def train_epoch(engine, loader, pipe: DevicePipe, cfg: Config, state: TrainState
     for i, batch in enumerate(_rng_neutral(loader) if start < total else (), start):
         t_step = time.perf_counter()
         wait += t_step - t_wait  # time the step waited for data
-        # mixup/cutmix draw: per (seed, rank, epoch, batch), so micro-batches and ranks mix differently
-        inputs, targets, batch = pipe(batch, True, epoch, num_classes, step_seed=(cfg.run.seed, dist.rank, epoch, i))
-        out = engine(**inputs)
-        loss, parts = training_loss(engine.module, out, targets, cfg, class_weights,
-                                    teacher.targets(batch.index) if teacher is not None else None)
-        if not torch.isfinite(loss) and not skip_nonfinite:  # a CPU-GPU sync point, worth it to stop early
-            raise NonFiniteLoss(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {state.global_step}, "
-                                f"batch {i} (manifest rows {batch.index[:8].tolist()}...); last good checkpoint kept")
-        # asked before step(), which advances DeepSpeed's micro-step counter (after it, this names the next batch)
-        boundary = engine.is_gradient_accumulation_boundary()
-        engine.backward(loss)
-        engine.step()
-        if boundary and hasattr(engine.module, "momentum_update"):
-            engine.module.momentum_update()  # dual encoder: the momentum towers follow the updated ones
-        losses.append(loss.item())
-        seen += batch.size
+        result = train_step(engine, batch, ctx.step, epoch, i, state.global_step)
+        losses.append(result.loss)
+        seen += result.size
         step_time += time.perf_counter() - t_step
         bar.update(1)
-        if boundary:
+        if result.boundary:
             state.global_step += 1
             ips = seen * dist.world / (time.perf_counter() - t0)
             # every update (tqdm redraws at most ~10 times a second): the mean of this epoch's last 20 batches
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{engine.get_lr()[0]:.2e}", img_s=f"{ips:.0f}",
                             refresh=False)
-            if (i // cfg.train.grad_accum) % cfg.train.log_every == 0:
-                if monitor is not None:
-                    monitor.scalars({"train_loss_step": losses[-1], "lr": engine.get_lr()[0], "images_per_s": ips,
-                                     **{f"loss_{k}": v.item() for k, v in parts.items()}}, state.global_step)
-            if save_last and cfg.train.checkpoint_every_steps and state.global_step % cfg.train.checkpoint_every_steps == 0:
-                save_last()  # mid-epoch: the loader's position goes with it
-            if stop_after_step is not None and state.global_step >= stop_after_step:
+            if ctx.monitor is not None and (i // cfg.train.grad_accum) % cfg.train.log_every == 0:
+                ctx.monitor.scalars({"train_loss_step": losses[-1], "lr": engine.get_lr()[0], "images_per_s": ips,
+                                     **{f"loss_{k}": v.item() for k, v in result.parts.items()}}, state.global_step)
+            every = cfg.train.checkpoint_every_steps
+            if ctx.save_last and every and state.global_step % every == 0:
+                ctx.save_last()  # mid-epoch: the loader's position goes with it
+            if ctx.stop_after_step is not None and state.global_step >= ctx.stop_after_step:
                 raise Preempted(f"stopped after step {state.global_step}")
         if i + 1 >= total:
             break
@@ -268,7 +260,7 @@ def _build_engine(model, cfg: Config, dist: DistInfo, precision: str, steps_per_
     stage = stage_named(cfg, stage_name)
     local = stage_config(cfg, stage)
     if hasattr(model, "cfg"):
-        model.cfg = local.model  # the model reads its loss weights (contrastive, aux, hard negatives) from here
+        model.cfg = local.model  # the stage's model settings (modality masking, dropout) for the forward pass
     engine, _, _ = wrap_model(model, local, dist.device, precision, dist.world, steps_per_epoch * stage.epochs,
                               stage_lr(cfg, stage), frozen=stage.freeze)
     return engine

@@ -1,14 +1,19 @@
-"""What happens to a batch on the device: augmentation, casting, forward, loss."""
+"""One training step: a host batch through the device pipe (copy, augmentation, casting), forward, loss, finite
+check, backward and optimizer step. ``train_step`` is the micro-step the loop calls; tests call it alone."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from engine import hardware
 from engine.config import Config
 from engine.data.batch import Batch
+from engine.errors import UserError
+from engine.training.distill import Teacher
+from engine.training.losses import training_loss
 
 
 class DevicePipe:
@@ -56,50 +61,47 @@ class DevicePipe:
         return inputs, targets, batch
 
 
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: Config,
-                        class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Loss in fp32 whatever the model's precision; targets are indices or soft labels [B, C]."""
-    logits = logits.float()
-    smoothing = cfg.train.label_smoothing
-    if cfg.train.loss == "focal":
-        logp = F.log_softmax(logits, dim=1)
-        soft = _smoothed(targets if targets.ndim == 2 else F.one_hot(targets, logits.shape[1]).float(), smoothing)
-        # clamped: d/dp (1-p)^gamma is infinite at p = 1 for gamma < 1, which turned a finite loss into NaN gradients
-        focal = (1 - logp.exp()).clamp_min(1e-12) ** cfg.train.focal_gamma
-        per_class = -(soft * focal * logp)
-        if class_weights is not None:
-            per_class = per_class * class_weights
-        return per_class.sum(1).mean()
-    if targets.ndim == 2 and class_weights is not None:
-        # PyTorch normalises weighted CE by the targets' total weight for class indices but takes a plain mean for
-        # soft targets, so turning on mixup would rescale the loss by a data-dependent factor. Normalise both alike.
-        weighted = _smoothed(targets, smoothing) * class_weights
-        return -(weighted * F.log_softmax(logits, dim=1)).sum() / weighted.sum()
-    return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=smoothing)
+class NonFiniteLoss(UserError, RuntimeError):
+    """The loss or the weights became non-finite; the last good checkpoint is kept."""
 
 
-def _smoothed(soft: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Soft targets [B, C] with label smoothing, PyTorch's definition: (1 - e) * t + e / C."""
-    return soft * (1 - smoothing) + smoothing / soft.shape[1] if smoothing else soft
+@dataclass
+class StepContext:
+    """What every step of a stage shares: the device pipe, the stage's config and the loss's fixed inputs."""
+    pipe: DevicePipe
+    cfg: Config  # the stage's config (train.stages overrides applied)
+    num_classes: int
+    rank: int = 0
+    class_weights: Optional[torch.Tensor] = None  # train.class_weights, else None
+    teacher: Optional[Teacher] = None  # train.distill_from's predictions, else None
 
 
-def training_loss(model, out, targets: torch.Tensor, cfg: Config, class_weights: Optional[torch.Tensor] = None,
-                  teacher_probs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Classification loss plus the model's own (already weighted) auxiliary / contrastive losses, in fp32.
+@dataclass
+class StepResult:
+    loss: float
+    parts: dict[str, torch.Tensor]  # every loss term, named (for logging)
+    boundary: bool  # this micro-step ended a gradient-accumulation cycle: the optimizer stepped
+    size: int  # samples in the batch
 
-    Returns (total, parts); ``parts`` names every term for logging.
-    """
-    if cfg.model.task == "retrieval":  # a dual encoder's own contrastive loss (queue, hard negatives), no labels
-        total, parts = model.loss(out)
-        return total.float(), {k: v.float() for k, v in parts.items()}
-    if class_weights is not None:
-        class_weights = class_weights.to(out.logits.device)
-    parts = {"cls": classification_loss(out.logits, targets, cfg, class_weights)}
-    if teacher_probs is not None:  # train.distill_from: soft targets of a finished run
-        from engine.training.distill import add_distillation
 
-        parts = add_distillation(parts, out.logits, teacher_probs, cfg)
-    aux = getattr(model, "auxiliary_losses", None)
-    if callable(aux):
-        parts.update({k: v.float() for k, v in aux(out, targets).items()})
-    return sum(parts.values()), parts
+def train_step(engine, batch: Batch, ctx: StepContext, epoch: int, i: int, global_step: int = 0) -> StepResult:
+    """Micro-step ``i`` of ``epoch`` on a DeepSpeed engine; raises NonFiniteLoss before a non-finite loss is applied."""
+    # mixup/cutmix draw: per (seed, rank, epoch, batch), so micro-batches and ranks mix differently
+    inputs, targets, batch = ctx.pipe(batch, True, epoch, ctx.num_classes, step_seed=(ctx.cfg.run.seed, ctx.rank, epoch, i))
+    out = engine(**inputs)
+    teacher_probs = ctx.teacher.targets(batch.index) if ctx.teacher is not None else None
+    loss, parts = training_loss(engine.module, out, targets, ctx.cfg, ctx.class_weights, teacher_probs)
+    # The step's one CPU-GPU sync, on purpose: a NaN/inf loss stops the run before backward() applies it, so the last
+    # checkpoint stays good; the value read here is also what the progress bar and metrics log (no second sync).
+    # fp16 is the exception: DeepSpeed's loss scaler skips overflowing steps itself.
+    value = loss.item()
+    if not math.isfinite(value) and ctx.pipe.dtype != torch.float16:
+        raise NonFiniteLoss(f"non-finite loss {value} at epoch {epoch + 1}, step {global_step}, batch {i} (manifest "
+                            f"rows {batch.index[:8].tolist()}...); last good checkpoint kept")
+    # asked before step(), which advances DeepSpeed's micro-step counter (after it, this names the next batch)
+    boundary = engine.is_gradient_accumulation_boundary()
+    engine.backward(loss)
+    engine.step()
+    if boundary and hasattr(engine.module, "momentum_update"):
+        engine.module.momentum_update()  # dual encoder: the momentum towers follow the updated ones
+    return StepResult(value, parts, boundary, batch.size)

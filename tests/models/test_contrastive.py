@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.models.contrastive import ContrastiveHead, EmbeddingQueue, info_nce, sigmoid_loss
+from engine.models.contrastive import ContrastiveHead, EmbeddingQueue
+from engine.training.losses import info_nce, sigmoid_loss
 
 B, K, D = 5, 3, 8
 

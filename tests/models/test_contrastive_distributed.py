@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from engine.models.contrastive import info_nce, sigmoid_loss
+from engine.training.losses import info_nce, sigmoid_loss
 
 N, D, K = 6, 8, 3  # rank 0 holds 4 rows, rank 1 holds 2 (uneven last batches are allowed)
 CASES = {

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.models import ModelConfig, create_model
+from tests.conftest import aux_losses
 
 B, L, C = 2, 8, 3
 
@@ -40,7 +41,7 @@ def test_every_backbone_family_trains_every_parameter(backbone, tiny_text_encode
     out = model(*inputs())
     assert out.logits.shape == (B, C)
     labels = torch.tensor([0, 2])
-    (F.cross_entropy(out.logits, labels) + sum(model.auxiliary_losses(out, labels).values())).backward()
+    (F.cross_entropy(out.logits, labels) + sum(aux_losses(model, out, labels).values())).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 

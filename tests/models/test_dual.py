@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.models import DualEncoderModel, ModelConfig, check_queue_size, create_model
+from tests.conftest import dual_loss
 
 B, L = 4, 8
 
@@ -45,7 +46,7 @@ def test_any_registry_towers_train_every_parameter(tiny_text_encoder):
     out = model(*inputs())
     assert out.image_emb.shape == out.text_emb.shape == (B, 16)
     torch.testing.assert_close(out.image_emb.norm(dim=1), torch.ones(B))
-    loss, parts = model.loss(out)
+    loss, parts = dual_loss(model, out)
     assert set(parts) == {"contrastive"} and loss.dtype == torch.float32
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
@@ -73,7 +74,7 @@ def test_frozen_towers_keep_norm_statistics_and_get_no_gradient(tiny_text_encode
     model.train()
     bn = next(m for m in model.image.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = bn.running_mean.clone()
-    model.loss(model(*inputs()))[0].backward()
+    dual_loss(model, model(*inputs()))[0].backward()
     assert not bn.training and torch.equal(bn.running_mean, before)
     assert all(p.grad is None for p in [*model.image.parameters(), *model.text.parameters()])
     assert all(p.grad is not None for p in model.contrastive.parameters())
@@ -86,7 +87,7 @@ def test_grad_checkpointing_gives_same_gradients(tiny_clip_dir):
     grads = []
     for model in (plain, checkpointed):
         model.train()
-        model.loss(model(*inputs()))[0].backward()
+        dual_loss(model, model(*inputs()))[0].backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
@@ -130,14 +131,14 @@ def test_loss_reads_hard_negative_settings_at_call_time(tiny_text_encoder):
     model = make("test_resnet", tiny_text_encoder).eval()
     with torch.no_grad():
         out = model(*inputs())
-        plain = model.loss(out)[0]
+        plain = dual_loss(model, out)[0]
         stage_cfg = replace(model.cfg, hard_negatives="semihard")  # a stage's model config, passed to the loss
-        assert not torch.allclose(model.loss(out, stage_cfg)[0], plain) and model.cfg.hard_negatives == "none"
+        assert not torch.allclose(dual_loss(model, out, stage_cfg)[0], plain) and model.cfg.hard_negatives == "none"
         model.cfg = replace(model.cfg, hard_negatives="weighted", hard_negative_beta=2.0)  # a stage's override
-        weighted = model.loss(out)[0]
+        weighted = dual_loss(model, out)[0]
         model.cfg.hard_negative_beta = -1.0  # mutated in place: still checked
         with pytest.raises(ValueError, match="hard_negative_beta"):
-            model.loss(out)
+            dual_loss(model, out)
     assert not torch.allclose(plain, weighted)
 
 
@@ -145,14 +146,14 @@ def test_queue_fills_with_the_batch_in_training_only(tiny_text_encoder):
     model = make("test_resnet", tiny_text_encoder, queue_size=6)
     model.eval()
     with torch.no_grad():
-        model.loss(model(*inputs()))
+        dual_loss(model, model(*inputs()))
     assert int(model.queue.count) == 0
     model.train()
     out = model(*inputs())
-    first, _ = model.loss(out)
+    first, _ = dual_loss(model, out)
     assert int(model.queue.count) == B
     torch.testing.assert_close(model.queue.image[:B], out.image_emb.detach())
-    second, _ = model.loss(model(*inputs(1)))  # now with 4 queued negatives per direction
+    second, _ = dual_loss(model, model(*inputs(1)))  # now with 4 queued negatives per direction
     second.backward()
     assert int(model.queue.count) == 6 and int(model.queue.ptr) == 2
     state = model.state_dict()
@@ -173,7 +174,7 @@ def test_momentum_towers_fill_the_queue_and_follow_the_trained_ones(tiny_text_en
         torch.testing.assert_close(towers["contrastive"].embed_image(towers["image"](images)), model.eval().encode_image(images))
     model.train()
     out = model(*inputs())
-    loss, _ = model.loss(out)
+    loss, _ = dual_loss(model, out)
     torch.testing.assert_close(model.queue.image[:B], out.queued_image)
     loss.backward()
     with torch.no_grad():

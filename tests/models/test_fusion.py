@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.models import FUSERS, ModelConfig, create_model
-from engine.models.contrastive import info_nce
+from engine.training.losses import info_nce
+from tests.conftest import aux_losses
 
 B, L, C, NUM, CARDS = 4, 8, 3, 4, [3, 5]
 
@@ -32,7 +33,7 @@ def train_step(model, labels=None):
     model.zero_grad()
     out = model(*inputs())
     labels = torch.tensor([0, 1, 2, 0]) if labels is None else labels
-    loss = F.cross_entropy(out.logits.float(), labels) + sum(model.auxiliary_losses(out, labels).values())
+    loss = F.cross_entropy(out.logits.float(), labels) + sum(aux_losses(model, out, labels).values())
     loss.backward()
     return out
 
@@ -128,13 +129,13 @@ def test_param_groups_cover_every_parameter_once(tiny_text_encoder, fusion):
 
 def test_auxiliary_losses_are_weighted_and_take_soft_labels(tiny_text_encoder):
     model = make(tiny_text_encoder)
-    assert model.auxiliary_losses(model(*inputs()), torch.tensor([0, 1, 2, 0])) == {}
+    assert aux_losses(model, model(*inputs()), torch.tensor([0, 1, 2, 0])) == {}
     model = make(tiny_text_encoder, aux_loss_weight=0.5, contrastive_weight=0.2).eval()
     labels = torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         out = model(*inputs())
-        hard = model.auxiliary_losses(out, labels)
-        soft = model.auxiliary_losses(out, F.one_hot(labels, C).float())
+        hard = aux_losses(model, out, labels)
+        soft = aux_losses(model, out, F.one_hot(labels, C).float())
     assert set(hard) == {"aux_image", "aux_text", "aux_tabular", "contrastive"}
     torch.testing.assert_close(hard["aux_text"], 0.5 * F.cross_entropy(out.aux_logits["text"], labels))
     for k in hard:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from engine.models import FUSERS, ModelConfig, PretrainedWeightsError, backbone_input_spec, check_input_spec, create_model
 from engine.models.backbones import backbone_layer_ids, backbone_tokens, create_backbone
 from engine.models.text import TextEncoder, load_tokenizer, tokenize
+from tests.conftest import aux_losses
 
 FAMILIES = ["clip", "siglip"]
 
@@ -171,7 +172,7 @@ def test_towers_in_every_fusion_mode(tower_dir, fusion):
     model.train()
     out = model(*_inputs())
     labels = torch.tensor([0, 2])
-    (F.cross_entropy(out.logits, labels) + sum(model.auxiliary_losses(out, labels).values())).backward()
+    (F.cross_entropy(out.logits, labels) + sum(aux_losses(model, out, labels).values())).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 

@@ -6,11 +6,14 @@ DeepSpeed broadcasts every parameter viewed as bytes when it wraps a model; a 0-
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from engine.config import load_config
+from engine.data.batch import Batch
+from engine.training.step import DevicePipe, StepContext, train_step
 from tests.training.conftest import deepspeed_cmd
 
 
@@ -19,7 +22,7 @@ from tests.training.conftest import deepspeed_cmd
     {"contrastive_weight": 0.5, "contrastive_loss": "sigmoid"},
     {"task": "retrieval", "contrastive_loss": "sigmoid", "queue_size": 8, "momentum": 0.9, "use_tabular": False},
 ])
-def test_contrastive_models_wrap_and_step(tiny_text_encoder, model_cfg):
+def test_contrastive_models_wrap_and_train_step(tiny_text_encoder, model_cfg):
     from engine.models import create_model
     from engine.training.distributed import init_distributed
     from engine.training.wrap import wrap_model
@@ -34,19 +37,15 @@ def test_contrastive_models_wrap_and_step(tiny_text_encoder, model_cfg):
     model = create_model(cfg.model, 3, 2, [3])
     engine, _, _ = wrap_model(model, cfg, dist.device, "fp32", dist.world, total_steps=4, base_lr=0.1)
     scale_before = model.contrastive.logit_scale.detach().clone()
-    inputs = dict(images=torch.randn(4, 3, 32, 32), input_ids=torch.randint(1000, 2000, (4, 8)),
+    batch = Batch(images=torch.randn(4, 3, 32, 32), input_ids=torch.randint(1000, 2000, (4, 8)),
                   attention_mask=torch.ones(4, 8, dtype=torch.long), numeric=torch.randn(4, 2),
-                  categorical=torch.zeros(4, 1, dtype=torch.long))
-    out = engine(**inputs)
-    if cfg.model.task == "retrieval":
-        loss = engine.module.loss(out)[0]
-    else:
-        loss = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 2, 0]))
-        loss = loss + sum(engine.module.auxiliary_losses(out, torch.tensor([0, 1, 2, 0])).values())
-    engine.backward(loss)
-    engine.step()
-    if cfg.model.task == "retrieval":
-        engine.module.momentum_update()
+                  categorical=torch.zeros(4, 1, dtype=torch.long), labels=torch.tensor([0, 1, 2, 0]),
+                  index=torch.arange(4))
+    ctx = StepContext(DevicePipe.for_device(cfg, dist.device, "fp32"), cfg, num_classes=3)
+    result = train_step(engine, batch, ctx, epoch=0, i=0)  # the loop's micro-step, alone
+    assert result.boundary and result.size == 4 and math.isfinite(result.loss)
+    expected = {"contrastive"} if cfg.model.task == "retrieval" else {"cls", "contrastive"}
+    assert set(result.parts) == expected
     assert not torch.equal(scale_before, engine.module.contrastive.logit_scale.detach())
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.config import load_config
-from engine.training.distill import add_distillation, distillation_loss
+from engine.training.losses import add_distillation, distillation_loss
 from tests.training.conftest import DEEPSPEED, PY, ROOT, env, run_cmd, train_cmd  # noqa: F401
 
 

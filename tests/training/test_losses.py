@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from engine.config import load_config
 from engine.models.fusion import FusionOutput
 from engine.training.stages import stage_lr, stage_of
-from engine.training.step import classification_loss, training_loss
+from engine.training.losses import classification_loss, training_loss
 
 
 def cfg(**train):
@@ -28,18 +28,21 @@ def test_focal_reduces_to_ce_at_gamma_0_and_downweights_easy_samples():
     assert classification_loss(logits, y, cfg(loss="focal", focal_gamma=2.0)) < F.cross_entropy(logits, y)
 
 
-class WithAux(torch.nn.Module):
-    def auxiliary_losses(self, out, labels):
-        return {"aux_image": torch.tensor(0.5, dtype=torch.bfloat16), "contrastive": torch.tensor(0.25)}
-
-
-def test_model_auxiliary_losses_are_added():
-    out, y = FusionOutput(logits=torch.randn(4, 3)), torch.tensor([0, 1, 2, 0])
-    total, parts = training_loss(WithAux(), out, y, cfg())
-    assert set(parts) == {"cls", "aux_image", "contrastive"}
-    assert total.item() == pytest.approx(parts["cls"].item() + 0.75)
-    total_plain, parts_plain = training_loss(torch.nn.Linear(1, 1), out, y, cfg())  # a model without them
-    assert set(parts_plain) == {"cls"}
+def test_auxiliary_terms_are_added_and_follow_the_main_heads_rules():
+    """Auxiliary heads get the main head's label smoothing, class weights and focal loss (they once got plain CE)."""
+    torch.manual_seed(0)
+    aux = {"image": torch.randn(4, 3).bfloat16(), "text": torch.randn(4, 3)}
+    out, y = FusionOutput(logits=torch.randn(4, 3), aux_logits=aux), torch.tensor([0, 1, 2, 0])
+    w = torch.tensor([1.0, 2.0, 0.5])
+    for rules in ({}, {"label_smoothing": 0.1}, {"loss": "focal", "focal_gamma": 2.0}):
+        c = load_config(None, {"train": rules, "model": {"aux_loss_weight": 0.5}})
+        total, parts = training_loss(torch.nn.Identity(), out, y, c, w)
+        assert set(parts) == {"cls", "aux_image", "aux_text"} and total.dtype == torch.float32
+        for m in aux:
+            assert parts[f"aux_{m}"].item() == pytest.approx(0.5 * classification_loss(aux[m], y, c, w).item())
+        assert total.item() == pytest.approx(sum(p.item() for p in parts.values()))
+    plain = load_config(None, {"model": {"aux_loss_weight": 0.0}})  # weight 0: heads' logits are ignored
+    assert set(training_loss(torch.nn.Identity(), out, y, plain)[1]) == {"cls"}
 
 
 def test_stage_settings():

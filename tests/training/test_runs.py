@@ -79,7 +79,8 @@ def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, backend):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, tmp_path, monkeypatch):
-    from engine.training.step import training_loss
+    from engine.training import step
+    from engine.training.losses import training_loss
 
     calls = {"n": 0}
 
@@ -88,7 +89,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, tmp_path,
         loss, parts = training_loss(*args, **kwargs)
         return (loss * float("nan"), parts) if calls["n"] == 4 else (loss, parts)  # 2nd batch of epoch 2
 
-    monkeypatch.setattr(loop, "training_loss", poisoned)
+    monkeypatch.setattr(step, "training_loss", poisoned)
     cfg = make_cfg(tiny_overrides, tmp_path, "nan", "--train.epochs=3")
     with pytest.raises(loop.NonFiniteLoss, match=r"epoch 2, step 3, batch 1 \(manifest rows"):
         loop.train(cfg)
@@ -96,7 +97,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, tmp_path,
     assert (state.epoch, state.global_step) == (1, 2)
     weights = module_weights(cfg.run_dir)
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
-    monkeypatch.setattr(loop, "training_loss", training_loss)
+    monkeypatch.setattr(step, "training_loss", training_loss)
     summary = loop.train(cfg, resume=True)  # the intact checkpoint loads and training goes on
     assert summary["epochs"] == 3
 
