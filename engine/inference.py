@@ -50,7 +50,7 @@ class LoadedRun:
 
     def transform(self):
         """PIL image -> normalised float tensor [3, S, S]: the evaluation path (resize, centre crop, normalise)."""
-        from engine.data.reference import pil_transforms
+        from engine.data.pil_loader import pil_transforms
 
         return pil_transforms(self.cfg.augment, self.image_size, train=False)
 
@@ -101,7 +101,7 @@ def load_run(run: str | Path, checkpoint: str = "best", overrides: Optional[list
             saved = path / TOKENIZER_DIR
             tokenizer = load_tokenizer(str(saved) if saved.is_dir() else meta["text_encoder"])
     else:  # a run from before preprocess.json: its train split gives the same statistics again
-        from engine.data.dataset import DataContext
+        from engine.data.context import DataContext
 
         ctx = DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length,
                           required_splits=("train",))

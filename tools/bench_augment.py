@@ -90,7 +90,7 @@ def bench_photos(args, cfg: AugmentConfig) -> list[dict]:
     import csv
 
     from engine.data.cache.decode import decode_resized
-    from engine.data.reference import decode_rgb, pil_transforms
+    from engine.data.pil_loader import decode_rgb, pil_transforms
 
     manifest = Path(args.photos)
     paths = [str(manifest.parent / r["image"]) for r in csv.DictReader(open(manifest))][: args.batch]

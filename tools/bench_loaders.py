@@ -257,7 +257,7 @@ def bench_build(cfg, ctx, args) -> dict:
 
     from engine.data.cache import build_cache
     from engine.data.cache.decode import decode_resized
-    from engine.data.reference import decode_rgb
+    from engine.data.pil_loader import decode_rgb
 
     paths = ctx.split("train").paths[: args.build_images]
     size = cfg.cache.stored_size
@@ -454,7 +454,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from engine.config import load_config
-    from engine.data.dataset import DataContext
+    from engine.data.context import DataContext
 
     cfg = load_config(args.config, overrides)
     if args.batch_size:

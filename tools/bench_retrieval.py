@@ -185,7 +185,7 @@ def bench_loaders(a) -> list[dict]:
 
     from engine.config import load_config
     from engine.data.cache import build_cache
-    from engine.data.dataset import DataContext
+    from engine.data.context import DataContext
     from engine.data.loaders import create_loader
     from make_demo_data import make_demo_data
 

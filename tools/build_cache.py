@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.data.cache.selection import find_cover
     from engine.data.cache.shards import parse_shard, workers_per_builder
     from engine.data.cache.writer import ServedSummary, seal_cache
-    from engine.data.dataset import DataContext
+    from engine.data.context import DataContext
     from engine.errors import UserError
 
     if sum((args.verify, args.seal, args.shard is not None)) > 1:

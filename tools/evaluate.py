@@ -66,7 +66,7 @@ def check_config_matches_checkpoint(run: Path, checkpoint: str) -> None:
 
 def evaluate_run(run: Path, split: str = "val", checkpoint: str = "best", overrides: list[str] | None = None) -> dict:
     from engine import hardware
-    from engine.data.dataset import DataContext
+    from engine.data.context import DataContext
     from engine.data.loaders import create_loader
     from engine.models import create_model
     from engine.training.checkpoint import load_weights, peek_state

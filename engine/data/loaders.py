@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from engine.data.dataset import DataContext
+from engine.data.context import DataContext
 from engine.data.loader_base import ShardedLoader
 from engine.data.sampling import class_weights
 from engine.registry import Registry
@@ -32,7 +32,7 @@ def create_loader(cfg, ctx: DataContext, split: str, train: bool, rank: int = 0,
 
 @register_backend("pil")
 def _pil(cfg, ctx, split, train, rank, world, weights):
-    from engine.data.reference import PilLoader
+    from engine.data.pil_loader import PilLoader
 
     return PilLoader(ctx.split(split), aug=cfg.augment, size=cfg.data.image_size, batch_size=cfg.loader.batch_size_for(train),
                      train=train, rank=rank, world=world, seed=cfg.run.seed, num_workers=cfg.loader.num_workers,

@@ -1,6 +1,6 @@
 """Throughput profiling: what bounds training, measured stage by stage.
 
-    stages.py      the stage registry (read, decode, augment, h2d, model, end_to_end) and the Session
+    probes.py      the registry of pipeline-stage probes (read, decode, augment, h2d, model, end_to_end), the Session
     timing.py      warm-up, CUDA events / synchronised host timers, medians
     model_step.py  the one function that builds the model + optimizer step (no DeepSpeed)
     report.py      table, JSON, PNG, verdict (bound stage and rule-based advice)
@@ -45,7 +45,7 @@ import os
 from typing import Callable, Optional
 
 from engine.profiling.report import Profile, table, verdict, write_json, write_png
-from engine.profiling.stages import STAGES, Session, Skipped, StageResult, register_stage, run_stages
+from engine.profiling.probes import STAGES, Session, Skipped, StageResult, register_stage, run_stages
 
 __all__ = ["Profile", "STAGES", "Session", "Skipped", "StageResult", "profile", "register_stage", "table", "verdict",
            "write_json", "write_png"]

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from engine.profiling.stages import Outcome, Skipped, StageResult
+from engine.profiling.probes import Outcome, Skipped, StageResult
 
 FED = 0.9  # end-to-end / model-only at or above this: the data path keeps the model busy
 

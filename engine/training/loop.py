@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from engine import hardware
 from engine.config import Config
-from engine.data.dataset import DataContext
+from engine.data.context import DataContext
 from engine.data.loaders import create_loader
 from engine.errors import ConfigError
 from engine.inference import write_preprocessing

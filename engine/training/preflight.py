@@ -20,7 +20,7 @@ import yaml
 
 from engine import hardware
 from engine.config import Config, ConfigError
-from engine.data.dataset import DataContext
+from engine.data.context import DataContext
 from engine.data.manifest import select_split, split_limit
 from engine.errors import CheckpointError
 from engine.models.config import ModelConfig

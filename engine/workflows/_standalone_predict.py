@@ -4,7 +4,7 @@
 
 This file is copied into every export (tools/export.py) and imports nothing of the engine: the folder beside
 it holds model.pt2 (torch.export), tokenizer/ and preprocess.json (image size, normalisation, columns, tabular
-statistics, classes). The preprocessing repeats the engine's evaluation path (engine/data/reference.py).
+statistics, classes). The preprocessing repeats the engine's evaluation path (engine/data/pil_loader.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Predictions for new raw samples (images + texts + tabular fields), with no cache and no labels.
 
-Preprocessing is the evaluation path of the PIL backend (engine/data/reference.py: ``decode_rgb`` then
+Preprocessing is the evaluation path of the PIL backend (engine/data/pil_loader.py: ``decode_rgb`` then
 ``pil_transforms(train=False)``: resize, centre crop, normalise), the text is tokenized with the run's
 tokenizer and length, and tabular fields are encoded with the statistics and vocabularies fitted on the run's
 own train split (rebuilt from its manifest, as at training). So a new sample is seen exactly as a test sample
@@ -41,7 +41,7 @@ def read_new_samples(cfg, manifest: Path, root: Optional[Path], text: bool) -> t
 
 def input_batches(cfg, ctx, rows: list[dict], paths: list[str], batch_size: int) -> Iterator[dict]:
     """Model inputs (fp32, CPU) for consecutive slices of the new samples."""
-    from engine.data.reference import decode_rgb, pil_transforms
+    from engine.data.pil_loader import decode_rgb, pil_transforms
     from engine.models.text import tokenize
 
     transform = pil_transforms(cfg.augment, cfg.data.image_size, train=False)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from engine.config import load_config
-from engine.data.dataset import DataContext
+from engine.data.context import DataContext
 
 
 def write_dataset(root: Path, n_train: int = 24, n_val: int = 8, n_test: int = 4, seed: int = 0, extra: list[dict] | None = None) -> Path:

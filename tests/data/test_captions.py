@@ -9,7 +9,7 @@ import pytest
 
 from tests.data.conftest import make_cfg, make_ctx
 from engine.data.cache import build_cache, cache_key, open_cache
-from engine.data.dataset import draw_captions
+from engine.data.context import draw_captions
 from engine.data.loaders import create_loader
 from engine.data.manifest import ManifestError, load_manifest
 

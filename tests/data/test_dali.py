@@ -24,7 +24,7 @@ from engine.data.config import DataConfig  # noqa: E402
 from engine.data.dali.bad_images import BadImageError  # noqa: E402
 from engine.data.dali.loader import DaliCacheLoader, DaliLoader  # noqa: E402
 from engine.data.dali.pipelines import DecodeSettings  # noqa: E402
-from engine.data.dataset import DataContext  # noqa: E402
+from engine.data.context import DataContext  # noqa: E402
 from engine.data.loader_base import ShardedLoader  # noqa: E402
 from kernels.config import AugmentConfig  # noqa: E402
 

@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     """Tiny demo data + its train cache, then one profile with an extra backend that cannot run."""
     from engine.config import load_config
     from engine.data.cache import build_cache
-    from engine.data.dataset import DataContext
+    from engine.data.context import DataContext
     from engine.data.loaders import LOADER_BACKENDS
 
     tmp = tmp_path_factory.mktemp("profile")
@@ -127,7 +127,7 @@ def test_advice_rules_follow_the_numbers():
 def test_dali_decode_is_measured_when_dali_backends_are_registered(run, monkeypatch):
     pytest.importorskip("nvidia.dali")
     from engine.data.loaders import LOADER_BACKENDS
-    from engine.profiling.stages import Session, StageResult, _dali_decode
+    from engine.profiling.probes import Session, StageResult, _dali_decode
 
     monkeypatch.setitem(LOADER_BACKENDS, "dali", lambda *a: None)
     s = Session(run[2], steps=1, repeats=1, warmup=0)

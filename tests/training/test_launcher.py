@@ -134,7 +134,7 @@ def test_typo_in_deepspeed_key_fails_clearly(tiny_overrides, tmp_path):
 
 def test_train_shards_are_disjoint(tiny_overrides, tmp_path):
     from engine.config import load_config
-    from engine.data.dataset import DataContext
+    from engine.data.context import DataContext
     from engine.data.loaders import create_loader
 
     cfg = load_config("configs/demo.yaml", tiny_overrides)

@@ -114,7 +114,7 @@ class CacheReader:
         out = {("index" if name == "rows" else name): np.asarray(arr[records])
                for name, arr in self.fields.items() if name not in skip}
         if self.captions:
-            from engine.data.dataset import caption_fields
+            from engine.data.context import caption_fields
 
             c = self.captions
             drawn = self._drawn(seed, epoch)[records] if train else None
@@ -126,7 +126,7 @@ class CacheReader:
         """``draw_captions`` of every record for (seed, epoch), computed once per epoch (per batch it was a
         sizeable share of the gather); gather threads racing at an epoch start compute the same array."""
         if self._draw is None or self._draw[0] != (seed, epoch):
-            from engine.data.dataset import draw_captions
+            from engine.data.context import draw_captions
 
             self._draw = ((seed, epoch), draw_captions(seed, epoch, self.fields["rows"], self.captions["caption_count"]))
         return self._draw[1]

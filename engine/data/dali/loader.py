@@ -28,7 +28,7 @@ from engine.data.batch import Batch
 from engine.data.dali import bad_images
 from engine.data.dali.pipelines import (READER, DecodeSettings, cache_pipeline, check_supported, file_pipeline,
                                         pipe_kwargs)
-from engine.data.dataset import SplitData
+from engine.data.context import SplitData
 from engine.data.loader_base import ShardedLoader
 from engine.data.sampling import served_weights, shard_eval, shard_train
 from kernels.config import AugmentConfig

@@ -1,4 +1,4 @@
-"""The reference loader: PIL decode + torchvision transforms behind a PyTorch DataLoader.
+"""The PIL loader (loader.backend=pil): PIL decode + torchvision transforms behind a PyTorch DataLoader.
 
 This is what users run today and what every faster path is measured against.
 It emits float NCHW normalised images (already augmented).
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from engine.data.batch import Batch
 from engine.data.cache.decode import to_rgb
 from engine.data.dali.bad_images import BadImageError
-from engine.data.dataset import SplitData
+from engine.data.context import SplitData
 from engine.data.loader_base import ShardedLoader
 from engine.data.sampling import served_weights
 from kernels.config import AugmentConfig

@@ -1,4 +1,4 @@
-"""The PIL reference backend decodes colours exactly as the cache does, so a model sees one image whichever
+"""The PIL loader (loader.backend=pil) decodes colours exactly as the cache does, so a model sees one image whichever
 backend fed it (16-bit greyscale scaled not clipped, transparency over white, palettes, EXIF orientation)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from engine.data.cache.decode import decode_resized
-from engine.data.reference import decode_rgb
+from engine.data.pil_loader import decode_rgb
 
 
 def test_pil_backend_colours_match_the_cache(tmp_path):

@@ -1,4 +1,4 @@
-"""The stages of the training data path, each measured alone, plus the model and end to end.
+"""The profiler's probes: each stage of the training data path measured alone, plus the model and end to end.
 
 A stage function takes the ``Session`` and yields ``StageResult`` (a measured
 rate) or ``Skipped`` (why it could not be measured here). Register new ones
@@ -64,7 +64,7 @@ class Session:
     """What every stage needs: config, data, device, precision, and the measurement budget."""
 
     def __init__(self, cfg, steps: int = 10, repeats: int = 3, warmup: int = 2):
-        from engine.data.dataset import DataContext
+        from engine.data.context import DataContext
 
         self.cfg, self.steps, self.repeats, self.warmup = cfg, max(1, steps), max(1, repeats), max(0, warmup)
         self.device = hardware.default_device()  # the real device, even when a capability is forced for a test
@@ -142,7 +142,7 @@ def read_cache(s: Session) -> Iterator[Outcome]:
 
 def _decoded_bytes(path: str) -> int:
     """Decode like the PIL loader does (top-level so a process pool can run it)."""
-    from engine.data.reference import decode_rgb
+    from engine.data.pil_loader import decode_rgb
 
     im = decode_rgb(path)
     return im.width * im.height * 3
