@@ -207,7 +207,8 @@ def choose_augment_impl(info: DeviceInfo, requested: str = "auto") -> str:
         if info.kind == "cuda" and not triton_supported(info):
             raise ConfigError(f"augment.impl=triton refused on {info.name}: our kernels need sm_80+; use 'reference' or 'auto'")
         if info.kind == "cpu" and not interpret:
-            raise ConfigError("augment.impl=triton on CPU needs TRITON_INTERPRET=1 (Triton's interpreter); use 'reference' or 'auto'")
+            raise ConfigError("augment.impl=triton on CPU needs TRITON_INTERPRET=1 (Triton's interpreter); "
+                              "use 'reference' or 'auto'")
         return "triton"
     return "triton" if triton_supported(info) else "reference"
 

@@ -24,10 +24,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--print-config", action="store_true",
                     help="print every config key with its resolved value, default and comment (of --config and the "
                          "overrides, else the defaults), then exit")
-    ap.add_argument("--resume", action="store_true", help="continue the run in run.output_dir/run.name from its 'last' checkpoint")
-    ap.add_argument("--stop-after-epoch", type=int, default=None, help="exit after saving this epoch (simulates a kill; tests --resume)")
-    ap.add_argument("--stop-after-step", type=int, default=None, help="exit after this optimizer update (simulates a kill mid-epoch)")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in run.output_dir/run.name from its 'last' checkpoint")
+    ap.add_argument("--stop-after-epoch", type=int, default=None,
+                    help="exit after saving this epoch (simulates a kill; tests --resume)")
+    ap.add_argument("--stop-after-step", type=int, default=None,
+                    help="exit after this optimizer update (simulates a kill mid-epoch)")
+    # set by the DeepSpeed launcher
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = ap.parse_known_args(argv)
     if args.config is None and not args.print_config:
         ap.error("--config is required (or --print-config to list every key)")

@@ -71,7 +71,8 @@ def _save_tiny_dual_encoder(out: Path, family: str) -> str:
         mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std, "size": {"height": 32, "width": 32}}))
+    (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std,
+                                                               "size": {"height": 32, "width": 32}}))
     return str(out)
 
 

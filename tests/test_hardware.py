@@ -4,7 +4,8 @@ import pytest
 
 from engine import hardware as hw
 
-CARDS = {"cpu": "cpu", "6.1": "pascal", "7.0": "volta_turing", "7.5": "volta_turing", "8.0": "ampere_hopper", "9.0": "ampere_hopper"}
+CARDS = {"cpu": "cpu", "6.1": "pascal", "7.0": "volta_turing", "7.5": "volta_turing", "8.0": "ampere_hopper",
+         "9.0": "ampere_hopper"}
 
 
 @pytest.fixture
@@ -41,7 +42,8 @@ def test_explicit_precision_honoured(force, monkeypatch):
         hw.choose_precision(force("cpu"), "fp16")
 
 
-@pytest.mark.parametrize("cap,expected", [("cpu", "reference"), ("6.1", "reference"), ("7.5", "reference"), ("8.0", "triton"), ("9.0", "triton")])
+@pytest.mark.parametrize("cap,expected", [("cpu", "reference"), ("6.1", "reference"), ("7.5", "reference"),
+                                          ("8.0", "triton"), ("9.0", "triton")])
 def test_augment_dispatch(force, cap, expected):
     assert hw.choose_augment_impl(force(cap)) == expected
 

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _recipe(tmp_path, manifest: Path) -> Path:
     p = tmp_path / "r.yaml"
-    p.write_text(f"inherit: {ROOT / 'configs/demo.yaml'}\ndata: {{manifest: {manifest}}}\nrun: {{output_dir: {tmp_path / 'runs'}}}\n")
+    p.write_text(f"inherit: {ROOT / 'configs/demo.yaml'}\ndata: {{manifest: {manifest}}}\n"
+                 f"run: {{output_dir: {tmp_path / 'runs'}}}\n")
     return p
 
 
@@ -57,7 +58,8 @@ def test_print_config_lists_every_key_with_value_default_and_comment(capsys):
     assert "  epochs: 7  # total epochs (frozen + finetune) [default: 1]" in out  # override, comment, default
     assert "  backbone: resnet18  # registry alias, timm name" in out  # a comment on the lines above the field
     assert "  image_size: 64  # training resolution (crops are taken at this size) [default: 224]" in out
-    assert "  seed: 0  # seeds Python" in out and "seed: 0  # seeds Python, numpy, torch, the data order and augmentation [" not in out
+    assert ("  seed: 0  # seeds Python" in out
+            and "seed: 0  # seeds Python, numpy, torch, the data order and augmentation [" not in out)
     tree = yaml.safe_load(out)  # the listing is YAML: it can start a recipe
     for section in dataclasses.fields(Config):
         assert set(tree[section.name]) == {f.name for f in dataclasses.fields(section.type if isinstance(section.type, type)

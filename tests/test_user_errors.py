@@ -40,7 +40,8 @@ def inputs(tiny_demo_dataset, tiny_text_encoder, tmp_path_factory) -> dict:
     tiny = [f"--data.manifest={tiny_demo_dataset}", "--data.image_size=32", "--model.backbone=test_resnet",
             f"--model.text_encoder={tiny_text_encoder}", "--model.text_max_length=16", "--model.fusion_dim=32",
             "--loader.backend=pil", "--loader.batch_size=8", "--loader.num_workers=0", "--train.max_steps_per_epoch=2",
-            "--train.epochs=1", "--optim.warmup_steps=0", "--run.name=refused", f"--run.output_dir={tmp / 'runs'}", f"--cache.dir={tmp / 'cache'}"]
+            "--train.epochs=1", "--optim.warmup_steps=0", "--run.name=refused", f"--run.output_dir={tmp / 'runs'}",
+            f"--cache.dir={tmp / 'cache'}"]
     from engine.train import main as train_main
 
     train_main(["--config", DEMO, *tiny, "--run.name=done"])

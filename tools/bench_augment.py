@@ -237,13 +237,15 @@ def main() -> None:
     ap.add_argument("--out-size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, help="also write the rows here")
-    ap.add_argument("--photos", type=Path, help="manifest of JPEG photos (e.g. data/demo/manifest.csv) for the decode+augment comparison")
+    ap.add_argument("--photos", type=Path,
+                    help="manifest of JPEG photos (e.g. data/demo/manifest.csv) for the decode+augment comparison")
     ap.add_argument("--device", default="auto", help="device for the kernel/floor/training-step rows: auto (cuda if present), "
                     "cuda, cpu (Triton then needs TRITON_INTERPRET=1; for testing this script), none")
     ap.add_argument("--skip-host", action="store_true", help="skip the CPU reference vs PIL rows")
     ap.add_argument("--no-device-reference", dest="device_reference", action="store_false",
                     help="skip timing the PyTorch reference on the device")
-    ap.add_argument("--model", default="resnet50", help="torchvision model whose bf16 training step the augmentation is compared with")
+    ap.add_argument("--model", default="resnet50",
+                    help="torchvision model whose bf16 training step the augmentation is compared with")
     ap.add_argument("--copy-mib", type=int, default=1024, help="size of the device-to-device copy that measures bandwidth")
     args = ap.parse_args()
     cfg = AugmentConfig()  # default recipe: RRC + flip + jitter(0.4, 0.4, 0.4), no hue/gray/erase

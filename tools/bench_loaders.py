@@ -178,7 +178,8 @@ def synthetic_cache(cfg, ctx, folder: Path, n: int, size: int):
 def _synth_loader(cfg, ctx, args):
     from engine.data.cache.loader import CacheLoader
 
-    reader = synthetic_cache(cfg, ctx, Path(cfg.cache.dir) / f"synthetic-{args.synthetic}-{args.synthetic_size}", args.synthetic, args.synthetic_size)
+    reader = synthetic_cache(cfg, ctx, Path(cfg.cache.dir) / f"synthetic-{args.synthetic}-{args.synthetic_size}",
+                             args.synthetic, args.synthetic_size)
     return CacheLoader(reader, batch_size=cfg.loader.batch_size, train=True, rank=0, world=1, seed=cfg.run.seed,
                        num_workers=cfg.loader.num_workers, prefetch=cfg.loader.prefetch, pin_memory=cfg.loader.pin_memory,
                        release_pages=cfg.loader.release_pages)

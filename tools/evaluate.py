@@ -1,5 +1,5 @@
-"""Evaluate a run's checkpoint on a split; writes RUN_DIR/eval/<split>_<checkpoint>[_masked-<m>]_{metrics.json,per_class.csv,confusion.csv,confusion.png,
-predictions.csv,probs.npz}.
+"""Evaluate a run's checkpoint on a split; writes
+RUN_DIR/eval/<split>_<checkpoint>[_masked-<m>]_{metrics.json,per_class.csv,confusion.csv,confusion.png,predictions.csv,probs.npz}.
 
     python tools/evaluate.py --run runs/demo [--split test] [--checkpoint best|last] [--section.key=value ...]
     deepspeed --num_gpus 2 tools/evaluate.py --run runs/demo     # same metrics on any number of ranks

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 CALM = ["calm", "quiet", "gentle", "still", "peaceful", "serene", "mild", "soft"]
 STORMY = ["stormy", "loud", "wild", "chaotic", "violent", "furious", "raging", "turbulent"]
-FILLER = ["photo", "taken", "near", "the", "river", "at", "dusk", "morning", "field", "hill", "street", "garden", "old", "house", "under", "sky", "with", "trees", "clouds", "and", "a"]
+FILLER = ["photo", "taken", "near", "the", "river", "at", "dusk", "morning", "field", "hill", "street", "garden", "old",
+          "house", "under", "sky", "with", "trees", "clouds", "and", "a"]
 SITES = ["north", "south", "east", "west", "central"]
 SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200), (960, 1280), (1200, 900)]
 
@@ -44,7 +45,8 @@ def _photo(rng: np.random.Generator, warm: bool, size: tuple[int, int]) -> Image
     for _ in range(rng.integers(2, 6)):
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.2) * min(w, h)
         blobs += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(-60, 60, 3)
-    img += np.asarray(Image.fromarray(np.clip(blobs + 128, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR), dtype=np.float32) - 128
+    img += np.asarray(Image.fromarray(np.clip(blobs + 128, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
+                      dtype=np.float32) - 128
     img += rng.normal(0, 6, img.shape).astype(np.float32)  # sensor noise: makes JPEGs photo-sized
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
@@ -57,7 +59,8 @@ def _backdrop(rng: np.random.Generator, warm: bool, w: int, h: int) -> np.ndarra
     base = np.clip(base * 0.7 + 60 + tint, 0, 255)
     img = np.asarray(Image.fromarray(base.astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32)
     tex = rng.normal(0, 18, (h // 16 + 1, w // 16 + 1, 1)).astype(np.float32)
-    tex = np.asarray(Image.fromarray(np.clip(tex[..., 0] + 128, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR), dtype=np.float32) - 128
+    tex = np.asarray(Image.fromarray(np.clip(tex[..., 0] + 128, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
+                     dtype=np.float32) - 128
     return img + tex[..., None]
 
 

@@ -1,6 +1,6 @@
 """What every model with an image and a text encoder shares: freezing them, keeping their norm statistics
-fixed while frozen, gradient checkpointing, and the parameter groups the optimizer builds from. FusionModel and DualEncoderModel list their encoders in
-``_encoders()``; the rest is here once."""
+fixed while frozen, gradient checkpointing, and the parameter groups the optimizer builds from. FusionModel
+and DualEncoderModel list their encoders in ``_encoders()``; the rest is here once."""
 from __future__ import annotations
 
 from typing import Iterator, Optional

@@ -28,7 +28,8 @@ class TowerFamily:
 
 
 FAMILIES: dict[str, TowerFamily] = {
-    "clip": TowerFamily("CLIPVisionModel", "CLIPTextModel", (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "clip": TowerFamily("CLIPVisionModel", "CLIPTextModel", (0.48145466, 0.4578275, 0.40821073),
+                        (0.26862954, 0.26130258, 0.27577711)),
     "siglip": TowerFamily("SiglipVisionModel", "SiglipTextModel", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 # config.json model_type -> (family, which towers the checkpoint holds)
@@ -185,7 +186,8 @@ class VisionTower(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Position embeddings, the class token and the pooling probe (timm excludes their counterparts)."""
-        return {n for n, _ in self.named_parameters() if n.endswith(("position_embedding.weight", "class_embedding", "head.probe"))}
+        return {n for n, _ in self.named_parameters()
+                if n.endswith(("position_embedding.weight", "class_embedding", "head.probe"))}
 
     def _run(self, images: torch.Tensor):
         resize = tuple(images.shape[-2:]) != (self.image_size, self.image_size)

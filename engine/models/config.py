@@ -65,7 +65,8 @@ class ModelConfig:
         if self.fusion == "cross_attention" and (self.backbone is None or self.text_encoder is None):
             raise ValueError("model.fusion=cross_attention needs both model.backbone and model.text_encoder")
         if self.fusion_dim % self.cross_attention_heads:
-            raise ValueError(f"model.fusion_dim={self.fusion_dim} must divide by model.cross_attention_heads={self.cross_attention_heads}")
+            raise ValueError(f"model.fusion_dim={self.fusion_dim} must divide by "
+                             f"model.cross_attention_heads={self.cross_attention_heads}")
         if self.queue_size < 0:
             raise ValueError(f"model.queue_size must be >= 0, got {self.queue_size}")
         if not 0 <= self.momentum < 1:

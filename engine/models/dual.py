@@ -160,7 +160,8 @@ class DualEncoderModel(EncoderStages):
         """
         if not hasattr(self, "momentum_towers"):
             return
-        online = [t for k in ("image", "text", "contrastive") for t in (*getattr(self, k).parameters(), *_float_buffers(getattr(self, k)))]
+        online = [t for k in ("image", "text", "contrastive")
+                  for t in (*getattr(self, k).parameters(), *_float_buffers(getattr(self, k)))]
         slow = [t for k in ("image", "text", "contrastive")
                 for t in (*self.momentum_towers[k].parameters(), *_float_buffers(self.momentum_towers[k]))]
         if self._momentum_master is None or self._momentum_master[0].device != slow[0].device:

@@ -34,7 +34,8 @@ class FusionOutput:
 
 
 # Top-level submodule -> param group name (see FusionModel.param_groups).
-_GROUP_OF = {"image": "backbone", "text": "text", "tabular": "tabular", "fuser": "fusion", "contrastive": "fusion", "head": "head", "aux_heads": "head"}
+_GROUP_OF = {"image": "backbone", "text": "text", "tabular": "tabular", "fuser": "fusion", "contrastive": "fusion",
+             "head": "head", "aux_heads": "head"}
 
 
 class FusionModel(EncoderStages):
@@ -69,7 +70,8 @@ class FusionModel(EncoderStages):
         self.fuser = create_fuser(cfg.fusion, list(dims.values()), cfg.fusion_dim, cfg.gate, **token_options)
         self.needs_tokens = getattr(self.fuser, "needs_tokens", False)
         self.head = nn.Sequential(
-            nn.Dropout(cfg.dropout), nn.Linear(self.fuser.out_dim, cfg.fusion_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, num_classes)
+            nn.Dropout(cfg.dropout), nn.Linear(self.fuser.out_dim, cfg.fusion_dim), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.fusion_dim, num_classes)
         )
         if cfg.aux_loss_weight > 0:
             self.aux_heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
@@ -156,7 +158,8 @@ class FusionModel(EncoderStages):
         (``lr_scales[name]``, else 1; the trainer passes none and applies optim.backbone_lr_scale /
         text_lr_scale by group name, engine.training.optim), ``layer_id`` (depth in its module,
         0 = input side, num_layers - 1 = output side; None for modules without depth),
-        ``num_layers``, and ``no_weight_decay`` (every 1-d parameter: biases, norms, scalars; plus what the timm backbone lists in its own no_weight_decay(), e.g. ViT position embeddings).
+        ``num_layers``, and ``no_weight_decay`` (every 1-d parameter: biases, norms, scalars; plus what the timm
+        backbone lists in its own no_weight_decay(), e.g. ViT position embeddings).
         Layer-wise decay: lr * lr_scale * decay ** (num_layers - 1 - layer_id).
         """
         return self._grouped_parameters(_GROUP_OF, lr_scales)

@@ -96,15 +96,18 @@ def advise(p: Profile) -> list[str]:
             tips = []
             if workers < cores:
                 tips.append(f"more workers (loader.num_workers={workers}, {cores} CPUs)")
-            tips.append("decode once instead of every epoch: python tools/build_cache.py --config CONFIG, then loader.backend=cache"
+            tips.append("decode once instead of every epoch: python tools/build_cache.py --config CONFIG, "
+                        "then loader.backend=cache"
                         + (f" (cache read measured at {_best(p, 'read'):,.0f} images/s)" if _best(p, "read") else ""))
             if s.get("device_kind") == "cuda" and "dali" in s.get("backends", []):
-                tips.append("or loader.backend=dali to decode on the GPU (nvJPEG; A100/H100 hardware decoder via loader.dali_hw_decoder_load)")
+                tips.append("or loader.backend=dali to decode on the GPU "
+                            "(nvJPEG; A100/H100 hardware decoder via loader.dali_hw_decoder_load)")
             out.append(f"{head}; bound by JPEG decode ({_rate(p, bound):,.1f} images/s): " + "; ".join(tips))
         elif bound.startswith("decode:dali"):
             out.append(f"{head}; bound by DALI decode ({_rate(p, bound):,.1f} images/s): "
                        + ("raise loader.dali_hw_decoder_load / loader.num_workers, or use loader.backend=dali_cache"
-                          if s.get("device_kind") == "cuda" else "DALI decodes on the CPU here; use a GPU or loader.backend=cache"))
+                          if s.get("device_kind") == "cuda"
+                          else "DALI decodes on the CPU here; use a GPU or loader.backend=cache"))
         elif bound.startswith("read:"):
             out.append(f"{head}; bound by the cache read ({_rate(p, bound):,.1f} images/s): a smaller cache.stored_size "
                        f"(now {s.get('stored_size')}, training at {s.get('image_size')}) moves fewer bytes; more gather threads "
@@ -172,7 +175,8 @@ def table(p: Profile) -> str:
              "-" * 96]
     for r in p.results:
         gb = f"{r.gb_per_s:.3f}" if r.gb_per_s is not None else "-"
-        lines.append(f"{r.stage:<11}{r.name:<36}{r.images_per_s:>12,.1f}{gb:>9}{r.median_s:>11.4f}{r.repeats:>6}  {','.join(r.feeds)}")
+        lines.append(f"{r.stage:<11}{r.name:<36}{r.images_per_s:>12,.1f}{gb:>9}{r.median_s:>11.4f}{r.repeats:>6}"
+                     f"  {','.join(r.feeds)}")
     for s in p.skipped:
         lines.append(f"{s.stage:<11}{s.name:<36}{'skipped':>12}  {s.reason[:160]}")
     return "\n".join(lines)
@@ -200,7 +204,8 @@ def write_json(p: Profile, path: str | Path) -> None:
     Path(path).write_text(json.dumps(p.to_json(), indent=1))
 
 
-COLORS = {"read": "#4c72b0", "decode": "#dd8452", "augment": "#55a868", "h2d": "#8172b3", "model": "#c44e52", "end_to_end": "#937860"}
+COLORS = {"read": "#4c72b0", "decode": "#dd8452", "augment": "#55a868", "h2d": "#8172b3", "model": "#c44e52",
+          "end_to_end": "#937860"}
 
 
 def write_png(p: Profile, path: str | Path) -> None:

@@ -1,6 +1,6 @@
 """What a run prints (rank 0, stdout): one line per epoch and a summary at the end, as timm and the HF Trainer do.
 
-    epoch 2/4 [finetune]  train_loss 1.2041  val_loss 1.0873  val_top1 0.6250  val_auc_macro 0.8712  * new best val_top1  12.4 s  85 img/s
+    epoch 2/4 [finetune]  train_loss 1.2041  val_loss 1.0873  val_top1 0.6250  * new best val_top1  12.4 s  85 img/s
     done: best epoch 3 (val_top1 0.7500); test: test_loss 0.8112  test_top1 0.7500 ...; run folder runs/demo
 
 The numbers are those of metrics.jsonl, test_metrics.json and summary.json; this only formats them.

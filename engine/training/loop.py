@@ -300,8 +300,8 @@ def _summary(run: RunDir, state: TrainState, test: Optional[dict] = None) -> dic
             *(f"val_{k}" for k in RETRIEVAL_METRICS))
     pick = lambda r: {k: r[k] for k in keys if k in r}  # noqa: E731
     best = next((r for r in records if r["epoch"] == state.best_epoch), records[-1] if records else {})
-    out = {"epochs": state.epoch, "final": pick(records[-1]) if records else {}, "best": {"epoch": state.best_epoch, **pick(best)},
-           "state": asdict(state)}
+    out = {"epochs": state.epoch, "final": pick(records[-1]) if records else {},
+           "best": {"epoch": state.best_epoch, **pick(best)}, "state": asdict(state)}
     if test is not None:
         out["test"] = _scalars(test)
     return out

@@ -169,7 +169,8 @@ def _row_losses(logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor
         log_debias = math.log(tau_plus * n) + positive
         gap = (log_debias - log_reweighted).clamp(max=-1e-6)  # keeps the unused branch finite (no NaN gradients)
         log_ng = torch.where(log_debias - log_reweighted < -1e-6,
-                             log_reweighted + torch.log1p(-gap.exp()) - math.log(1 - tau_plus), torch.full_like(positive, -math.inf))
+                             log_reweighted + torch.log1p(-gap.exp()) - math.log(1 - tau_plus),
+                             torch.full_like(positive, -math.inf))
     else:
         log_ng = log_reweighted
     log_ng = torch.maximum(log_ng, floor.expand_as(log_ng))

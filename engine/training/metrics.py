@@ -26,7 +26,8 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
         "auc_macro": auc,
         "f1_macro": float(f1_score(labels, pred, labels=present, average="macro", zero_division=0)),
         "classes_evaluated": int(len(present)),  # the macro averages run over these
-        "per_class": {c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
+        "per_class": {c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
         "confusion_matrix": confusion_matrix(labels, pred, labels=all_labels).tolist(),
         "num_samples": int(len(labels)),
     }

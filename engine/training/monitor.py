@@ -22,7 +22,8 @@ class Monitor:
             self.tb = SummaryWriter(log_dir=str(path / "tensorboard"))
         if cfg.train.wandb:
             if not optional.has_wandb():  # a warning, not an error: only rank 0 gets here
-                warnings.warn(f"train.wandb=true but wandb is not installed ({optional.install_hint('wandb')}); not logging there")
+                warnings.warn(f"train.wandb=true but wandb is not installed ({optional.install_hint('wandb')}); "
+                              "not logging there")
             else:
                 self.wandb = _wandb_run(cfg, path, resume)
 

@@ -39,7 +39,8 @@ def embed_split(engine, loader, pipe, dist: DistInfo, num_classes: int) -> dict[
         images.append(model.encode_image(inputs["images"]).float())
         texts.append(text)
         valid.append(ok)
-    rows, labels, images, texts, valid = (all_gather_cat(torch.cat(t)).cpu().numpy() for t in (rows, labels, images, texts, valid))
+    rows, labels, images, texts, valid = (all_gather_cat(torch.cat(t)).cpu().numpy()
+                                          for t in (rows, labels, images, texts, valid))
     _, first = np.unique(rows, return_index=True)  # drop the padding duplicates of the last shards
     rows, labels, images, texts, valid = rows[first], labels[first], images[first], texts[first], valid[first]
     text_image = np.repeat(np.arange(len(rows)), valid.sum(1))

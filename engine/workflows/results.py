@@ -149,7 +149,8 @@ def plot_results(agg: list[dict], path: Path) -> None:
         errors = None if all(math.isnan(s) for s in stds) else [0 if math.isnan(s) else s for s in stds]
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, label=m, yerr=errors, capsize=3)
     ax.set_xticks(x, [a["variant"] for a in agg], rotation=20, ha="right", fontsize=8)
-    ax.set(ylim=(0, 1.05), ylabel="score", title="sweep results" + (" (mean ± std over seeds)" if any(a["n"] > 1 for a in agg) else ""))
+    ax.set(ylim=(0, 1.05), ylabel="score",
+           title="sweep results" + (" (mean ± std over seeds)" if any(a["n"] > 1 for a in agg) else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

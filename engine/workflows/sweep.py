@@ -8,8 +8,9 @@ Every variant is planned and its config loaded before anything runs, so an unkno
 naming the variant and the key. Each variant then is: its cache (``tools/build_cache.py`` with its overrides;
 pixels are reused by pixel key and an up-to-date cache is a no-op; variants whose cache settings are equal share
 one call; variants that differ only in their row selection -- ``data.max_*_samples``, ``data.folds``/``fold`` --
-share one build without it, which serves each variant's rows), then its run (``engine/train.py`` under the user's launcher, in ``OUT/runs/<variant>``). A variant
-whose run folder holds summary.json is done and skipped; one with a ``last`` checkpoint resumes (``--resume``).
+share one build without it, which serves each variant's rows), then its run (``engine/train.py`` under the
+user's launcher, in ``OUT/runs/<variant>``). A variant whose run folder holds summary.json is done and
+skipped; one with a ``last`` checkpoint resumes (``--resume``).
 """
 from __future__ import annotations
 
@@ -252,7 +253,8 @@ def run_sweep(sweep: SweepConfig, variants: Optional[list[Variant]] = None) -> l
         sig, group = cache_signature(configs[v.name]), cache_signature(configs[v.name], selection=False)
         unselected = group in shared  # built once without the selection; every variant's rows are served from it
         if sig is not None and (group if unselected else sig) in built:
-            cache_note = f"{'served from the caches built by' if unselected else 'shared with'} {built[group if unselected else sig]}"
+            cache_note = (f"{'served from the caches built by' if unselected else 'shared with'} "
+                          f"{built[group if unselected else sig]}")
         elif sig is not None:
             cache_s = _call([sys.executable, str(ROOT / "tools/build_cache.py"), "--config", sweep.base, *overrides,
                              *(UNSELECTED if unselected else []), "--no-progress"], out / "logs" / f"{v.name}.cache.log")

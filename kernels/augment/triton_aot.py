@@ -143,7 +143,8 @@ def main() -> None:
     print(f"{'kernel':<18}{'sm':>4}{'out':>10}{'layout':>15}{'mode':>7}{'warps':>7}{'regs':>6}{'local':>7}{'shared':>8}  memory")
     for r in rows:
         mem = "n/a (cuobjdump cannot disassemble this target)" if r["memory"] is None else " ".join(
-            f"{k.split('.', 1)[0]}.{k.rsplit('.', 1)[-1] if k.count('.') > 1 else '32'}x{v}" for k, v in sorted(r["memory"].items()))
+            f"{k.split('.', 1)[0]}.{k.rsplit('.', 1)[-1] if k.count('.') > 1 else '32'}x{v}"
+            for k, v in sorted(r["memory"].items()))
         print(f"{r['kernel']:<18}{r['sm']:>4}{r['out']:>10}{r['layout']:>15}{r['mode']:>7}{r['num_warps']:>7}{r['reg']:>6}"
               f"{r['local']:>7}{r['shared']:>8}  {mem}")
 

@@ -55,8 +55,10 @@ def _sample_rgb(img, b, oy, ox, mask, S, s_ib, s_iy, s_ix, s_ic,
     a = tl.load(p00 + s_ic, mask=mask, other=0).to(tl.float32) * ry + tl.load(p10 + s_ic, mask=mask, other=0).to(tl.float32) * wy
     c = tl.load(p01 + s_ic, mask=mask, other=0).to(tl.float32) * ry + tl.load(p11 + s_ic, mask=mask, other=0).to(tl.float32) * wy
     g = (a * rx + c * wx) * UNIT
-    a = tl.load(p00 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * ry + tl.load(p10 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * wy
-    c = tl.load(p01 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * ry + tl.load(p11 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * wy
+    a = (tl.load(p00 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * ry
+         + tl.load(p10 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * wy)
+    c = (tl.load(p01 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * ry
+         + tl.load(p11 + 2 * s_ic, mask=mask, other=0).to(tl.float32) * wy)
     bl = (a * rx + c * wx) * UNIT
     return r, g, bl
 

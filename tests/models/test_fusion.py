@@ -23,7 +23,8 @@ def make(tiny_text_encoder, **overrides):
 def inputs(seed: int = 0, text_seed: int | None = None):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(B, 3, 32, 32, generator=g)
-    input_ids = torch.randint(1000, 2000, (B, L), generator=torch.Generator().manual_seed(seed if text_seed is None else text_seed))
+    input_ids = torch.randint(1000, 2000, (B, L),
+                              generator=torch.Generator().manual_seed(seed if text_seed is None else text_seed))
     mask = torch.ones(B, L, dtype=torch.long)
     return images, input_ids, mask, torch.randn(B, NUM, generator=g), torch.randint(0, 3, (B, len(CARDS)), generator=g)
 

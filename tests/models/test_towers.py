@@ -195,7 +195,8 @@ def test_frozen_towers_get_no_gradient_and_bf16_runs(tower_dir):
 def test_backbone_tokens_of_every_family(tiny_clip_dir, tiny_siglip_dir):
     """Pooled features as model(x), and tokens of the declared width, for each backbone family."""
     x = torch.randn(2, 3, 32, 32)
-    for name, n_tokens in (("test_resnet", None), ("test_vit", None), ("resnet50", 1), (tiny_clip_dir, 17), (tiny_siglip_dir, 16)):
+    for name, n_tokens in (("test_resnet", None), ("test_vit", None), ("resnet50", 1), (tiny_clip_dir, 17),
+                           (tiny_siglip_dir, 16)):
         model, dim = create_backbone(name)
         model.eval()
         with torch.no_grad():

@@ -38,7 +38,8 @@ def run(tmp_path_factory):
     manifest = _tool("make_demo_data").make_demo_data(tmp / "data", 16, 8, 8, workers=2)
     overrides = [f"--data.manifest={manifest}", f"--cache.dir={tmp / 'cache'}", *OVERRIDES]
     cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
-    build_cache(cfg, DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length), "train", progress=False)
+    build_cache(cfg, DataContext(cfg.data, cfg.run.seed, cfg.model.text_encoder, cfg.model.text_max_length), "train",
+                progress=False)
 
     def broken(*args):
         raise RuntimeError("prerequisite missing")
@@ -46,8 +47,8 @@ def run(tmp_path_factory):
     LOADER_BACKENDS["broken_for_test"] = broken
     try:
         rc = _tool("profile_throughput").main(["--config", str(ROOT / "configs" / "demo.yaml"), *overrides, "--steps", "2",
-                                               "--repeats", "1", "--warmup", "1", "--torch-threads", "1", "--json", str(tmp / "p.json"),
-                                               "--png", str(tmp / "p.png")])
+                                               "--repeats", "1", "--warmup", "1", "--torch-threads", "1",
+                                               "--json", str(tmp / "p.json"), "--png", str(tmp / "p.png")])
     finally:
         del LOADER_BACKENDS["broken_for_test"]
     assert rc == 0

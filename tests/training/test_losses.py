@@ -24,7 +24,8 @@ def test_ce_in_fp32_with_smoothing_and_weights():
 
 def test_focal_reduces_to_ce_at_gamma_0_and_downweights_easy_samples():
     logits, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
-    assert classification_loss(logits, y, cfg(loss="focal", focal_gamma=0.0)).item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert (classification_loss(logits, y, cfg(loss="focal", focal_gamma=0.0)).item()
+            == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5))
     assert classification_loss(logits, y, cfg(loss="focal", focal_gamma=2.0)) < F.cross_entropy(logits, y)
 
 

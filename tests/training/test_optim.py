@@ -24,12 +24,16 @@ class ToyWithGroups(Toy):
 
     def param_groups(self):
         return [
-            {"name": "backbone", "params": [self.image[0].weight], "lr_scale": 1.0, "layer_id": 0, "num_layers": 2, "no_weight_decay": False},
-            {"name": "backbone", "params": list(self.image[1].parameters()) + [self.image[0].bias], "lr_scale": 1.0, "layer_id": 1,
-             "num_layers": 2, "no_weight_decay": True},
-            {"name": "text", "params": list(self.text.parameters()), "lr_scale": 1.0, "layer_id": None, "num_layers": 1, "no_weight_decay": True},
-            {"name": "head", "params": [self.head.weight], "lr_scale": 1.0, "layer_id": None, "num_layers": 1, "no_weight_decay": False},
-            {"name": "head", "params": [self.head.bias], "lr_scale": 1.0, "layer_id": None, "num_layers": 1, "no_weight_decay": True},
+            {"name": "backbone", "params": [self.image[0].weight], "lr_scale": 1.0, "layer_id": 0, "num_layers": 2,
+             "no_weight_decay": False},
+            {"name": "backbone", "params": list(self.image[1].parameters()) + [self.image[0].bias], "lr_scale": 1.0,
+             "layer_id": 1, "num_layers": 2, "no_weight_decay": True},
+            {"name": "text", "params": list(self.text.parameters()), "lr_scale": 1.0, "layer_id": None, "num_layers": 1,
+             "no_weight_decay": True},
+            {"name": "head", "params": [self.head.weight], "lr_scale": 1.0, "layer_id": None, "num_layers": 1,
+             "no_weight_decay": False},
+            {"name": "head", "params": [self.head.bias], "lr_scale": 1.0, "layer_id": None, "num_layers": 1,
+             "no_weight_decay": True},
         ]
 
 
@@ -125,7 +129,8 @@ def test_schedule_steps_per_optimizer_update_not_per_micro_batch():
     from engine.training.wrap import wrap_model
 
     dist = init_distributed()
-    cfg = load_config(None, {"train": {"grad_accum": 2}, "loader": {"batch_size": 2}, "optim": {"schedule": "linear", "warmup_steps": 0}})
+    cfg = load_config(None, {"train": {"grad_accum": 2}, "loader": {"batch_size": 2},
+                             "optim": {"schedule": "linear", "warmup_steps": 0}})
     engine, _, sched = wrap_model(nn.Linear(3, 2), cfg, dist.device, "fp32", dist.world, total_steps=4, base_lr=1.0)
     lrs = []
     for _ in range(4):

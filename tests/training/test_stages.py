@@ -27,8 +27,10 @@ def test_stages_in_order_with_their_settings():
     ({"epochs": 2, "stages": THREE}, "add up to 3 epochs but train.epochs=2"),
     ({"epochs": 3, "stages": [THREE[0], {**THREE[1], "name": "heads"}, THREE[2]]}, "unique"),
     ({"epochs": 1, "stages": [{"name": "a", "freeze": ["encoder"]}]}, r"train.stages\[a\].freeze: unknown part 'encoder'"),
-    ({"epochs": 1, "stages": [{"name": "a", "overrides": {"model.backbone": "resnet50"}}]}, "'model.backbone' cannot change per stage"),
-    ({"epochs": 1, "stages": [{"name": "a", "overrides": {"train.label_smoothing": "x"}}]}, "train.label_smoothing: expected a number"),
+    ({"epochs": 1, "stages": [{"name": "a", "overrides": {"model.backbone": "resnet50"}}]},
+     "'model.backbone' cannot change per stage"),
+    ({"epochs": 1, "stages": [{"name": "a", "overrides": {"train.label_smoothing": "x"}}]},
+     "train.label_smoothing: expected a number"),
     ({"epochs": 1, "stages": [{"name": "a", "epoch": 1}]}, r"unknown key 'train.stages\[0\].epoch'"),
     ({"epochs": 2, "frozen_epochs": 1, "stages": [{"name": "a", "epochs": 2}]}, "replaces train.frozen_epochs"),
 ])

@@ -26,7 +26,8 @@ def test_known_keys_cover_the_documented_sections():
 
 
 def test_pass_through_merges_into_sections():
-    cfg = cfg_with(deepspeed={"zero_stage": 2, "extra": {"zero_optimization": {"overlap_comm": True}, "prescale_gradients": True}})
+    cfg = cfg_with(deepspeed={"zero_stage": 2,
+                              "extra": {"zero_optimization": {"overlap_comm": True}, "prescale_gradients": True}})
     ds = deepspeed_config(cfg, "bf16", 1)
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
     assert ds["prescale_gradients"] is True
