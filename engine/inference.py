@@ -81,11 +81,11 @@ def load_run(run: str | Path, checkpoint: str = "best", overrides: Optional[list
 
     ``overrides`` (``--section.key=value``) apply to its config.yaml, as on the command line of the tools.
     """
+    from engine.config import load_config
     from engine.data.tabular import TabularEncoder
     from engine.errors import RunFolderError
     from engine.models import create_model
     from engine.models.text import load_tokenizer
-    from engine.config import load_config
 
     path = Path(run)
     if not (path / "config.yaml").is_file():

@@ -12,7 +12,7 @@ dict) with three additions:
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Optional, TypeVar, Union
+from typing import Callable, Iterable, Mapping, TypeVar, Union
 
 T = TypeVar("T")
 

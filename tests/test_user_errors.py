@@ -84,7 +84,7 @@ def _nan_loss(x, monkeypatch):
     from engine.training import step
 
     real = step.training_loss
-    monkeypatch.setattr(step, "training_loss", lambda *a, **k: (lambda l, p: (l * float("nan"), p))(*real(*a, **k)))
+    monkeypatch.setattr(step, "training_loss", lambda *a, **k: (lambda loss, p: (loss * float("nan"), p))(*real(*a, **k)))
     return main(["--config", DEMO, *x["tiny"], "--run.name=nan"])
 
 

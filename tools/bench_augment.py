@@ -34,11 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kernels/, not an installed copy
 
-import engine  # noqa: E402,F401  (process defaults, set before torch is imported: see engine/__init__.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import engine  # noqa: E402,F401  (process defaults, set before torch is imported: see engine/__init__.py)
 from engine.errors import exit_on_user_error  # noqa: E402
 from kernels import AugmentConfig, Augmenter, apply_reference, sample_params  # noqa: E402
 
@@ -56,8 +56,8 @@ def _median_rate(fn, n_images: int, repeats: int, sync=lambda: None) -> float:
 
 
 def _pil_pipeline(images_u8, cfg: AugmentConfig, out_size: int):
-    from PIL import Image
     import torchvision.transforms as T
+    from PIL import Image
 
     pil = [Image.fromarray(im.numpy()) for im in images_u8]
     tf = T.Compose([T.RandomResizedCrop(out_size, scale=cfg.scale, ratio=cfg.ratio), T.RandomHorizontalFlip(cfg.hflip),

@@ -43,7 +43,6 @@ import numpy as np  # noqa: E402
 
 from engine.errors import exit_on_user_error  # noqa: E402
 from engine.optional import has_dali  # noqa: E402
-
 from engine.registry import Registry  # noqa: E402
 
 LOADERS = Registry("--only")  # name -> function(cfg, ctx, args) -> images/s or None (n/a here)

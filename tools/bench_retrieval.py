@@ -183,11 +183,12 @@ def _fmt(r: dict) -> str:
 def bench_loaders(a) -> list[dict]:
     import csv
 
+    from make_demo_data import make_demo_data
+
     from engine.config import load_config
     from engine.data.cache import build_cache
     from engine.data.context import DataContext
     from engine.data.loaders import create_loader
-    from make_demo_data import make_demo_data
 
     root = Path(a.workdir or tempfile.mkdtemp(prefix="bench_retrieval_"))
     five = root / "data" / "manifest.csv"

@@ -35,8 +35,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     from engine.training.distributed import barrier
     from engine.training.loop import split_metrics
-    from engine.workflows.ensemble import (EnsembleError, Predictions, average, check_same_classes, is_fresh,
-                                           probs_file, table_row, write_ensemble)
+    from engine.workflows.ensemble import (
+        EnsembleError,
+        Predictions,
+        average,
+        check_same_classes,
+        is_fresh,
+        probs_file,
+        table_row,
+        write_ensemble,
+    )
 
     if len(args.runs) < 2 or len(set(args.runs)) < len(args.runs):
         raise EnsembleError(f"--runs: name two or more different run folders, got {[str(r) for r in args.runs]}")

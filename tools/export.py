@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args, overrides = ap.parse_known_args(argv)
 
     import torch
+    from predict import load_run_model
 
     from engine.workflows.export import export_model
-    from predict import load_run_model
 
     cfg, ctx, module, device = load_run_model(args.run, args.checkpoint, overrides)
     if getattr(cfg.model, "task", None) == "retrieval":

@@ -32,13 +32,13 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = ap.parse_known_args(argv)
 
     import numpy as np
+    from evaluate import evaluate_run
 
     from engine.config import load_config
     from engine.workflows.ensemble import Predictions, is_fresh, probs_file
     from engine.workflows.oof import OofError, fold_assignment, write_folds, write_oof
     from engine.workflows.results import write_results
     from engine.workflows.sweep import SweepConfig, Variant, run_sweep
-    from evaluate import evaluate_run
 
     cfg = load_config(args.config, overrides)
     train, folds = fold_assignment(cfg, args.folds)

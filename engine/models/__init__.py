@@ -14,8 +14,14 @@
 
 ``create_model(cfg, num_classes, ...)`` builds the one the config asks for; no model code imports DeepSpeed.
 """
-from engine.models.backbones import (BACKBONES, InputSpec, PretrainedWeightsError, backbone_input_spec, check_input_spec,
-                                     create_backbone)
+from engine.models.backbones import (
+    BACKBONES,
+    InputSpec,
+    PretrainedWeightsError,
+    backbone_input_spec,
+    check_input_spec,
+    create_backbone,
+)
 from engine.models.config import ModelConfig
 from engine.models.dual import DualEncoderModel, DualOutput, check_queue_size
 from engine.models.fusers import FUSERS

@@ -6,7 +6,6 @@ tokens written to the cache come from the same tokenizer the model was built wit
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch

@@ -44,8 +44,8 @@ import datetime
 import os
 from typing import Callable, Optional
 
-from engine.profiling.report import Profile, table, verdict, write_json, write_png
 from engine.profiling.probes import STAGES, Session, Skipped, StageResult, register_stage, run_stages
+from engine.profiling.report import Profile, table, verdict, write_json, write_png
 
 __all__ = ["Profile", "STAGES", "Session", "Skipped", "StageResult", "profile", "register_stage", "table", "verdict",
            "write_json", "write_png"]

@@ -6,13 +6,14 @@
     wrap.py               the one place an ``nn.Module`` becomes a DeepSpeed engine, in a documented order
     optim.py              optimizer and learning-rate schedule from the model's parameter groups
     stages.py             staged training: each stage's epochs, frozen parts, learning rate and loss settings
-    step.py               what happens to a batch on the device: augmentation, casting, forward, loss
+    step.py               train_step: device pipe (copy, augmentation, casting), forward, loss, finite check, step
+    losses.py             every loss term under one set of rules: classification, auxiliary, distillation, contrastive
     loop.py               train(): the loop that reads top to bottom, evaluation and prediction
     checkpoint.py         checkpoints and exact resume (training state, loader position, RNG, buffers)
     metrics.py            classification metrics from gathered probabilities
     retrieval.py          evaluation of a dual encoder: retrieval and zero-shot classification
     retrieval_metrics.py  recall@K and ranks from embeddings, in blocks
-    distill.py            soft targets from a finished run's class probabilities
+    distill.py            the teacher: a finished run's class probabilities as soft targets
     run_dir.py            the run folder: resolved config, metrics.jsonl, summary.json
     run_stats.py          what a run cost and scored, for summary.json
     monitor.py            TensorBoard, Weights & Biases and the curves PNG (rank 0)

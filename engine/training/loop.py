@@ -22,8 +22,14 @@ from engine.models import create_model
 from engine.training.checkpoint import TrainState, load_checkpoint, load_weights, peek_state, save_checkpoint
 from engine.training.console import epoch_line, final_summary
 from engine.training.distill import load_teacher
-from engine.training.distributed import (DistInfo, all_gather_cat, average_buffers, buffer_snapshot, init_distributed,
-                                         restore_buffers)
+from engine.training.distributed import (
+    DistInfo,
+    all_gather_cat,
+    average_buffers,
+    buffer_snapshot,
+    init_distributed,
+    restore_buffers,
+)
 from engine.training.metrics import RETRIEVAL_METRICS, classification_metrics
 from engine.training.monitor import Monitor, plot_curves, write_confusion
 from engine.training.optim import loss_class_weights
@@ -33,7 +39,6 @@ from engine.training.run_stats import run_statistics
 from engine.training.stages import keep_frozen_norms, stage_config, stage_lr, stage_named, stage_of
 from engine.training.step import DevicePipe, NonFiniteLoss, StepContext, train_step
 from engine.training.wrap import release, wrap_model
-
 
 log = logging.getLogger(__name__)
 

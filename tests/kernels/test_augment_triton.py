@@ -18,6 +18,7 @@ import torch
 
 from kernels import AugmentConfig, apply_reference, apply_triton, eval_params, sample_params
 from kernels.augment.reference import position_atol
+
 pytest.importorskip("triton")  # conftest has set TRITON_INTERPRET=1 on CPU-only machines
 
 DEV = torch.device("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda")  # chosen in conftest.py

@@ -46,7 +46,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     for r in rows:
         pixels = BLOCK // (32 * r["num_warps"])  # per thread
         assert r["memory"].get("LDG.E.U8") == 12 * pixels, r  # 4 taps x 3 channels, each gathered once
-    for (sm, out, layout, mode), r in augment.items():
+    for (_sm, out, layout, _mode), r in augment.items():
         if layout == "nchw":
             assert r["memory"].get(STORE[out]) == 3, r  # one vector store per channel plane
             assert not any(k.startswith("STG") and k != STORE[out] for k in r["memory"]), r

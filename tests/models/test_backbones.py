@@ -4,8 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models.backbones import (BACKBONES, PretrainedWeightsError, backbone_layer_ids, create_backbone,
-                                    keep_norm_statistics_on_recompute)
+from engine.models.backbones import (
+    BACKBONES,
+    PretrainedWeightsError,
+    backbone_layer_ids,
+    create_backbone,
+    keep_norm_statistics_on_recompute,
+)
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

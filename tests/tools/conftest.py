@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import tiny_overrides, train_cmd  # noqa: F401  (a session fixture, re-exported for tests/tools)
+from tests.training.conftest import tiny_overrides, train_cmd  # noqa: F401, F811  (a session fixture, re-exported for tests/tools)
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def test_list_and_prune_through_the_command(tmp_path, capsys):
     os.utime(val_photo, (time.time() + 5, time.time() + 5))
 
     (cache / val / "origin.json").unlink()  # as a cache built before origins were recorded
-    assert "not checked (no origin.json" in next(l for l in _tool("list", "--dir", str(cache)).splitlines() if val in l)
+    assert "not checked (no origin.json" in next(line for line in _tool("list", "--dir", str(cache)).splitlines() if val in line)
     dry = _tool("prune", "--config", str(recipe))  # judged with the recipe: built from its manifest file
     assert f"would remove {abandoned.name}" in dry and f"would remove {val}" in dry and "image files changed" in dry
     assert train not in dry and fresh.name not in dry and "rerun with --yes" in dry

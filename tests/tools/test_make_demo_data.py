@@ -1,5 +1,6 @@
 """The demo data set: photo-sized JPEGs, and labels that need both the image and the text."""
 import csv
+
 import numpy as np
 from make_demo_data import CALM, STORMY, make_demo_data
 from PIL import Image

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from engine.config import load_config
 from engine.models.fusion import FusionOutput
-from engine.training.stages import stage_lr, stage_of
 from engine.training.losses import classification_loss, training_loss
+from engine.training.stages import stage_lr, stage_of
 
 
 def cfg(**train):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from engine.config import ConfigError, load_config
-from engine.training.optim import create_optimizer, create_scheduler, loss_class_weights, lr_lambda, param_groups
+from engine.training.optim import create_optimizer, loss_class_weights, lr_lambda, param_groups
 
 
 class Toy(nn.Module):

@@ -70,8 +70,7 @@ def test_inputs_cast_in_one_place():
 
 def _text_encoders(root) -> dict[str, str]:
     """Tiny random BERT / RoBERTa / MobileBERT saved like Hub checkpoints (the registry's text encoder families)."""
-    from transformers import (BertConfig, BertModel, MobileBertConfig, MobileBertModel, RobertaConfig,
-                              RobertaModel)
+    from transformers import BertConfig, BertModel, MobileBertConfig, MobileBertModel, RobertaConfig, RobertaModel
 
     small = dict(vocab_size=100, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=40)
     models = {"bert": BertModel(BertConfig(hidden_size=32, intermediate_size=64, **small)),

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.training.retrieval_metrics import (class_prompts, mean_prompt_embeddings, retrieval_metrics,
-                                               retrieval_ranks, zero_shot_metrics)
+from engine.training.retrieval_metrics import (
+    class_prompts,
+    mean_prompt_embeddings,
+    retrieval_metrics,
+    retrieval_ranks,
+    zero_shot_metrics,
+)
 
 
 def _reference_ranks(image: np.ndarray, text: np.ndarray, text_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

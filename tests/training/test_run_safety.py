@@ -92,7 +92,7 @@ def test_resume_finds_a_checkpoint_left_between_the_two_renames(tiny_overrides, 
                          ids=["ENOSPC", "inline_container"])
 def test_full_disk_while_saving_says_so_and_keeps_the_previous_checkpoint(tiny_overrides, tmp_path, monkeypatch, error):
     cfg = make_cfg(tiny_overrides, tmp_path, "r", "--train.epochs=2")
-    real_save, calls = torch.save, {"n": 0}
+    real_save = torch.save
 
     def save(obj, f, *args, **kwargs):
         if loop_epoch["n"] >= 2:  # every save of epoch 2 finds the disk full

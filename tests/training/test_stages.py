@@ -57,9 +57,10 @@ def test_three_stage_run_trains_what_each_stage_says(tiny_overrides, tmp_path, m
     snapshots = []
     real = loop.train_epoch
 
-    def spy(engine, loader, pipe, cfg, *args, **kwargs):
+    def spy(engine, loader, ctx, *args, **kwargs):
         before = {k: v.clone() for k, v in engine.module.state_dict().items()}
-        out = real(engine, loader, pipe, cfg, *args, **kwargs)
+        out = real(engine, loader, ctx, *args, **kwargs)
+        cfg = ctx.step.cfg  # the stage's config, as the epoch trained under it
         lrs = [g["lr"] for g in engine.optimizer.param_groups]
         snapshots.append((before, {k: v.clone() for k, v in engine.module.state_dict().items()}, cfg.train.label_smoothing, lrs))
         return out
