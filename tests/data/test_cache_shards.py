@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.data.conftest import make_cfg, make_ctx, write_dataset
+from tests.data.test_cache import _tree_bytes
 from engine.data.cache import CacheError, build_cache, open_cache
 from engine.data.cache.shards import Shard, claim_holder, parse_shard, running_shards, workers_per_builder
 from engine.data.cache.writer import seal_cache
@@ -20,10 +21,6 @@ from engine.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = [sys.executable, str(REPO / "tools/build_cache.py"), "--no-progress", "--config"]
-
-
-def _tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def _only_cache(cache_dir: Path) -> Path:
@@ -195,13 +192,10 @@ def test_two_shard_processes_side_by_side_a_killed_one_resumes_and_the_seal_equa
 
 def test_each_rank_of_a_deepspeed_launch_builds_its_shard(dataset, tmp_path):
     """`deepspeed --num_gpus 2 tools/build_cache.py --shard auto`: rank r builds shard r/2; the seal equals one build."""
-    from tests.training.conftest import DEEPSPEED, env, free_port
+    from tests.training.conftest import deepspeed_cmd, env
 
     sharded = _recipe(tmp_path, dataset, tmp_path / "sharded")
-    launch = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "tools/build_cache.py", "--no-progress",
-              "--config", str(sharded), "--shard", "auto"]
-    out = subprocess.run(launch, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    out = deepspeed_cmd(2, "tools/build_cache.py", "--no-progress", "--config", str(sharded), "--shard", "auto")
     assert "shard 0/2 (records 0-11) done" in out.stdout and "shard 1/2 (records 12-23) done" in out.stdout
     subprocess.run(TOOL + [str(sharded), "--seal"], cwd=REPO, env=env(), check=True, capture_output=True)
     single = _recipe(tmp_path, dataset, tmp_path / "single")

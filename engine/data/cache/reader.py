@@ -91,12 +91,9 @@ class CacheReader:
         b = len(records)
         if self.images is None:
             self.jpeg_decoder.into(self._stored_jpegs(records), out)
-        elif out.shape[1] == self.stride:
-            np.take(self.images, records, axis=0, out=out[:b], mode="clip")  # mode!=raise: no buffered copy of out
-        else:  # payload smaller than stride: take full records into scratch, keep the payload
-            scratch = np.empty((b, self.stride), np.uint8)
-            np.take(self.images, records, axis=0, out=scratch, mode="clip")
-            np.copyto(out[:b], scratch[:, : self.record_bytes])
+        else:  # out is [>= B, stride] or [>= B, S*S*3]: take from the map's rows cut to that width, one copy
+            width = out.shape[1]  # mode!=raise: no buffered copy of out (a scratch + copy was 2x the time)
+            np.take(self.images[:, :width], records, axis=0, out=out[:b], mode="clip")
 
     def pixels(self, records: np.ndarray) -> np.ndarray:
         """uint8 [B, S, S, 3] of ``records``, contiguous (a copy)."""
