@@ -50,8 +50,9 @@ def test_contrastive_models_wrap_and_train_step(tiny_text_encoder, model_cfg):
 
 
 def test_contrastive_demo_trains_under_the_deepspeed_launcher(tiny_overrides, tmp_path):
-    """`deepspeed --num_gpus 2 engine/train.py --model.contrastive_weight=0.5`, one epoch of 2 steps."""
+    """`deepspeed --num_gpus 2 engine/train.py --model.contrastive_weight=0.5` with auxiliary heads, one epoch of 2 steps."""
     deepspeed_cmd(2, "engine/train.py", "--config", "configs/demo.yaml", *tiny_overrides, f"--run.output_dir={tmp_path}",
-                  "--run.name=contrastive", "--train.epochs=1", "--model.contrastive_weight=0.5")
+                  "--run.name=contrastive", "--train.epochs=1", "--model.contrastive_weight=0.5",
+                  "--model.aux_loss_weight=0.3", "--train.label_smoothing=0.1")  # auxiliary heads under the main rules
     records = [json.loads(line) for line in (tmp_path / "contrastive" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["train_loss"] > 0
